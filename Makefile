@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each builds what it needs.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint venv prometheus bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# The tests start Debian's Prometheus themselves; it only has to be installed.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  ( $(SUDO) apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus )
+
+demo: venv
+	$(BIN)/gpuburst simulate --scenario flash-crowd --plot flash-crowd.png
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv prometheus lint
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/gpuburst bench-sim --scenario worldcup98

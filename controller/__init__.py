@@ -1,0 +1,1 @@
+"""gpuburst: the control plane that bursts GPU inference from a private cluster onto cloud nodes."""

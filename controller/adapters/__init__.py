@@ -1,0 +1,1 @@
+"""Adapters: one module per SDK, each implementing one port of controller.ports."""

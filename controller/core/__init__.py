@@ -1,0 +1,1 @@
+"""The pure decision core: standard library only, no I/O, no clock."""

@@ -1,0 +1,1 @@
+"""Trace replay: the real reconciler with fakes, the peer baselines and the oracle."""

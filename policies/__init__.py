@@ -1,0 +1,1 @@
+"""Burst policies (YAML) and the CrossGuard guardrail pack."""

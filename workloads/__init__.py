@@ -1,0 +1,1 @@
+"""The GPU workloads gpuburst moves between the private cluster and the cloud."""
