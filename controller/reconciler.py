@@ -1,0 +1,221 @@
+"""One reconcile tick: observe -> sync -> decide -> plan -> commit -> act -> report.
+
+The reconciler owns the order of side effects and nothing else: every judgement is in `controller.core`,
+every I/O behind a port. Intent is committed before any action, and every action is idempotent, so a
+crash anywhere is repaired by the next tick redoing what the store says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from controller import clock as clock_mod
+from controller import ports
+from controller.core import lifecycle, limits, model, policy
+
+log = logging.getLogger("gpuburst.reconciler")
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What one controller manages, and by which policy."""
+
+    workloads: tuple[model.WorkloadSpec, ...]
+    pools: tuple[model.PoolSpec, ...]
+    policy: policy.BurstPolicy = field(default_factory=policy.BurstPolicy)
+
+    @property
+    def timeouts(self) -> lifecycle.Timeouts:
+        return lifecycle.Timeouts(boot_s=self.policy.boot_timeout_s, drain_s=self.policy.drain_timeout_s)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        setup: Setup,
+        *,
+        clock: ports.Clock,
+        metrics: ports.MetricSource,
+        cluster: ports.Cluster,
+        capacity: ports.Capacity,
+        store: ports.Store,
+        observers: Sequence[Callable[[model.TickReport], None]] = (),
+        dry_run: bool = False,
+    ) -> None:
+        self.setup = setup
+        self.clock = clock
+        self.metrics = metrics
+        self.cluster = cluster
+        self.capacity = capacity
+        self.store = store
+        self.observers = list(observers)
+        self.dry_run = dry_run
+        self._last_tick_at: float | None = None
+        self._replicas_set: dict[tuple[str, str], int] = {}
+        self.last_report: model.TickReport | None = None
+
+    # -- observe ------------------------------------------------------------------------------------
+    def observe(self, at: float) -> model.Observation:
+        """Read everything; a failed read leaves its part None (or its metrics unknown), never empty."""
+        errors: list[str] = []
+        try:
+            metrics = dict(self.metrics.read(self.setup.workloads, at=at))
+        except Exception as exc:  # any adapter failure must become "unknown", not a crash
+            errors.append(f"metrics: {exc}")
+            unknown = model.WorkloadMetrics(rate_rps=None, queue_depth=None, problems=(str(exc),))
+            metrics = {w.name: unknown for w in self.setup.workloads}
+        for name, m in metrics.items():
+            for problem in m.problems:
+                errors.append(f"metrics {name}: {problem}")
+        cluster: Mapping[str, model.ClusterNode] | None
+        try:
+            cluster = self.cluster.burst_nodes()
+        except Exception as exc:
+            errors.append(f"cluster: {exc}")
+            cluster = None
+        pools: dict[str, model.PoolState] | None
+        try:
+            pools = {p.name: self.capacity.state(p.name) for p in self.setup.pools}
+        except Exception as exc:
+            errors.append(f"capacity: {exc}")
+            pools = None
+        return model.Observation(at, metrics, cluster, pools, tuple(errors))
+
+    # -- the tick -----------------------------------------------------------------------------------
+    def tick(self) -> model.TickReport:
+        watch = clock_mod.Stopwatch()
+        setup = self.setup
+        now = self.clock.now()
+        obs = self.observe(now)
+        snap = self.store.load()
+        records, transitions = lifecycle.sync(snap.records, obs, timeouts=setup.timeouts)
+
+        inputs = policy.DecisionInputs(
+            at=now,
+            synced=obs.synced,
+            workloads=setup.workloads,
+            metrics=obs.metrics,
+            pools=setup.pools,
+            active=lifecycle.counts(records.values(), model.ACTIVE),
+            leaving=lifecycle.counts(records.values(), lifecycle.LEAVING),
+            unavailable=frozenset(
+                name
+                for name, st in (obs.pools or {}).items()
+                if st.unavailable_until is not None and st.unavailable_until > now
+            ),
+            problems=obs.errors,
+        )
+        decision, policy_state = policy.decide(inputs, snap.policy_state, setup.policy)
+        plan = lifecycle.plan(
+            records, decision, workloads=setup.workloads, pools=setup.pools, cluster=obs.cluster
+        )
+        all_transitions = transitions + plan.transitions
+        errors = list(obs.errors)
+        acted: list[str] = []
+        if not self.dry_run:
+            intent = ports.Intent(
+                at=now,
+                records=plan.records,
+                transitions=all_transitions,
+                decision=decision,
+                inputs=_inputs_summary(inputs),
+                policy_state=policy_state,
+                desired=plan.desired,
+                cost=self._accrue(snap.records, now),
+            )
+            try:
+                self.store.commit(intent, expected_version=snap.version)
+            except Exception as exc:  # no intent on record: acting now could leak a node
+                errors.append(f"commit: {exc}")
+                log.warning("commit failed, not acting", extra={"error": str(exc)})
+            else:
+                self._last_tick_at = now
+                acted = self._act(plan, obs, errors)
+        report = model.TickReport(
+            at=now,
+            synced=obs.synced,
+            decision=decision,
+            nodes=_status_counts(plan.records.values()),
+            transitions=all_transitions,
+            acted=tuple(acted),
+            errors=tuple(errors),
+            duration_s=watch.elapsed(),
+            usd_per_hour=limits.usd_per_hour(
+                lifecycle.counts(plan.records.values(), model.BILLING), setup.pools
+            ),
+        )
+        self.last_report = report
+        for observer in self.observers:
+            observer(report)
+        return report
+
+    def _accrue(self, records: Mapping[str, model.NodeRecord], now: float) -> dict[str, tuple[float, float]]:
+        """Node-seconds and USD per pool since the previous tick, for the cost ledger."""
+        if self._last_tick_at is None:
+            return {}
+        dt = now - self._last_tick_at
+        billing = lifecycle.counts(records.values(), model.BILLING)
+        prices = {p.name: p.price_per_hour for p in self.setup.pools}
+        return {pool: (n * dt, n * dt * prices.get(pool, 0.0) / 3600.0) for pool, n in billing.items() if n}
+
+    # -- act ----------------------------------------------------------------------------------------
+    def _act(self, plan: model.Plan, obs: model.Observation, errors: list[str]) -> list[str]:
+        """Cordon, scale, evict, then hand changed node sets to the stacks. Each step is idempotent."""
+        acted: list[str] = []
+
+        def attempt(what: str, fn: Callable[..., object], *args: object) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # the next tick retries from the committed intent
+                errors.append(f"{what}: {exc}")
+                log.warning("action failed", extra={"action": what, "error": str(exc)})
+            else:
+                acted.append(what)
+
+        for node in plan.cordon:
+            attempt(f"cordon {node}", self.cluster.cordon, node)
+        for (workload, pool), n in sorted(plan.replicas.items()):
+            if self._replicas_set.get((workload, pool)) != n:
+                attempt(f"replicas {workload}/{pool}={n}", self._scale, workload, pool, n)
+        for node in plan.drain:
+            attempt(f"drain {node}", self.cluster.drain, node)
+        for pool, nodes in sorted(plan.desired.items()):
+            state = obs.pools.get(pool) if obs.pools is not None else None
+            if state is None or state.submitted != nodes:
+                attempt(f"submit {pool} [{len(nodes)} nodes]", self.capacity.submit, pool, nodes)
+        return acted
+
+    def _scale(self, workload: str, pool: str, replicas: int) -> None:
+        self.cluster.set_replicas(workload, pool, replicas)
+        self._replicas_set[(workload, pool)] = replicas
+
+
+def _status_counts(records: Iterable[model.NodeRecord]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for rec in records:
+        if rec.status is model.NodeStatus.RELEASED:
+            continue
+        by_status = out.setdefault(rec.pool, {})
+        by_status[rec.status.value] = by_status.get(rec.status.value, 0) + 1
+    return out
+
+
+def _inputs_summary(inputs: policy.DecisionInputs) -> dict[str, object]:
+    return {
+        "synced": inputs.synced,
+        "metrics": {
+            name: {
+                "rate_rps": m.rate_rps,
+                "queue_depth": m.queue_depth,
+                "latency_p99_s": m.latency_p99_s,
+                "tier_rps": dict(m.tier_rps),
+            }
+            for name, m in inputs.metrics.items()
+        },
+        "active": dict(inputs.active),
+        "leaving": dict(inputs.leaving),
+        "unavailable": sorted(inputs.unavailable),
+        "problems": list(inputs.problems),
+    }

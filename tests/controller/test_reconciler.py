@@ -1,0 +1,178 @@
+"""The reconcile loop against the in-package fakes: the whole lifecycle, holds, crashes and conflicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller import fakes, ports, reconciler
+from controller.clock import FakeClock
+from controller.core import model
+
+SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=10, spot=True)
+ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=10)
+FACE = model.WorkloadSpec("face", gpu_rps=25, service_time_s=0.06, slo_s=0.5, private_gpus=2)
+
+
+class World:
+    def __init__(self, *, apply_delay_s: float = 0.0, dry_run: bool = False) -> None:
+        self.clock = FakeClock(1000.0)
+        self.infra = fakes.FakeInfra(self.clock, [SPOT, ONDEMAND], apply_delay_s=apply_delay_s)
+        self.metrics = fakes.FakeMetricSource()
+        self.cluster = fakes.FakeCluster(self.infra)
+        self.store = fakes.MemoryStore()
+        self.reports: list[model.TickReport] = []
+        self.dry_run = dry_run
+        self.rec = self.restart()
+
+    def restart(self) -> reconciler.Reconciler:
+        """A fresh controller process over the same world and store (what a crash leaves)."""
+        self.rec = reconciler.Reconciler(
+            reconciler.Setup((FACE,), (SPOT, ONDEMAND)),
+            clock=self.clock,
+            metrics=self.metrics,
+            cluster=self.cluster,
+            capacity=fakes.FakeCapacity(self.infra),
+            store=self.store,
+            observers=[self.reports.append],
+            dry_run=self.dry_run,
+        )
+        return self.rec
+
+    def run(self, seconds: float, *, every: float = 15.0) -> model.TickReport:
+        end = self.clock.now() + seconds
+        report = self.rec.tick()
+        while self.clock.now() + every <= end:
+            self.clock.advance(every)
+            report = self.rec.tick()
+        return report
+
+    def statuses(self) -> dict[str, str]:
+        return {n: r.status.value for n, r in self.store.records.items()}
+
+
+def test_burst_then_release_walks_the_whole_lifecycle() -> None:
+    w = World()
+    w.metrics.set("face", 200.0)  # 200 / (25 * 0.8) = 10 GPUs, 2 private -> 8 burst
+    report = w.run(0)
+    assert report.decision.action is model.Action.SCALE_UP
+    assert report.decision.target_nodes == {"spot": 8, "ondemand": 0}
+    assert set(w.statuses().values()) == {"requested"}
+    assert len(w.infra.instances) == 8
+    assert w.infra.replicas[("face", "spot")] == 8
+    assert w.infra.serving_gpus() == 0  # booting: replicas pending
+
+    w.run(240)
+    assert set(w.statuses().values()) == {"ready"}
+    assert w.infra.serving_gpus() == 8
+
+    w.metrics.set("face", 20.0)  # 1 GPU of demand: private is enough
+    w.run(200)
+    assert set(w.statuses().values()) == {"ready"}, "released inside the stabilization window"
+    w.run(120)
+    assert set(w.statuses().values()) <= {"draining", "releasing", "released"}
+    w.run(60)
+    assert set(w.statuses().values()) == {"released"}
+    assert w.infra.instances == {}
+    assert w.infra.submitted["spot"] == ()
+
+
+def test_cordon_and_scale_down_precede_removal_from_the_stack() -> None:
+    w = World()
+    w.metrics.set("face", 100.0)
+    w.run(300)
+    w.metrics.set("face", 0.0)
+    w.run(320)
+    applies = [(t, nodes) for t, pool, nodes in w.infra.applies if pool == "spot"]
+    shrink_at = next(t for t, nodes in applies if len(nodes) < 3)
+    drained = [t for t, ev, _ in w.infra.events if ev == "gone"]
+    assert drained and min(drained) >= shrink_at
+    for t, tr in ((r.at, tr) for r in w.reports for tr in r.transitions):
+        if tr.after is model.NodeStatus.RELEASING:
+            assert tr.before is model.NodeStatus.DRAINING or tr.before is model.NodeStatus.FAILED
+
+
+def test_unknown_metrics_hold_and_never_release() -> None:
+    w = World()
+    w.metrics.set("face", 200.0)
+    w.run(300)
+    before = dict(w.statuses())
+    w.metrics.set("face", None)
+    report = w.run(1200)
+    assert report.decision.action is model.Action.HOLD
+    assert not report.synced
+    assert "hold" in report.decision.reasons[0]
+    assert w.statuses() == before
+    w.metrics.fail = True
+    assert w.run(600).decision.action is model.Action.HOLD
+    assert w.statuses() == before
+
+
+def test_cluster_unreachable_holds_without_marking_nodes_gone() -> None:
+    w = World()
+    w.metrics.set("face", 200.0)
+    w.run(300)
+    w.cluster.fail_reads = True
+    report = w.run(60)
+    assert report.decision.action is model.Action.HOLD
+    assert set(w.statuses().values()) == {"ready"}
+
+
+def test_insufficient_spot_capacity_falls_back_to_on_demand() -> None:
+    w = World()
+    w.infra.refuse_capacity.add("spot")
+    w.metrics.set("face", 100.0)  # 5 GPUs -> 3 burst
+    w.run(0)
+    assert w.infra.apply_state["spot"] is model.ApplyState.FAILED
+    w.run(30)
+    by_pool = {}
+    for r in w.store.records.values():
+        by_pool.setdefault((r.pool, r.status.value), 0)
+        by_pool[(r.pool, r.status.value)] += 1
+    assert by_pool.get(("ondemand", "provisioning")) == 3
+    assert not any(k[0] == "spot" and k[1] in ("requested", "provisioning") for k in by_pool)
+
+
+def test_crash_between_commit_and_act_converges_without_leak_or_double_create() -> None:
+    w = World(apply_delay_s=30)
+    w.metrics.set("face", 200.0)
+    w.cluster.fail_reads = False
+    # Commit, then "crash" before acting: swap the capacity for one that dies on submit.
+    w.rec.capacity = _Crashing()
+    with pytest.raises(SystemExit):
+        w.rec.tick()
+    intended = {n for n, r in w.store.records.items() if r.status is model.NodeStatus.REQUESTED}
+    assert len(intended) == 8 and w.infra.instances == {}
+    w.restart()
+    for _ in range(30):
+        w.clock.advance(15)
+        w.rec.tick()
+    assert set(w.infra.instances) == intended
+    assert len(w.infra.launched) == 2 and sum(w.infra.launched.values()) == 8
+
+
+class _Crashing:
+    def state(self, pool: str) -> model.PoolState:
+        return model.PoolState(pool, {})
+
+    def submit(self, pool: str, nodes: tuple[str, ...]) -> None:
+        raise SystemExit("crash")
+
+
+def test_a_conflicting_writer_stops_the_tick_before_it_acts() -> None:
+    w = World()
+    w.metrics.set("face", 200.0)
+    stale = w.store.load()
+    w.rec.tick()
+    with pytest.raises(ports.ConflictError):
+        w.store.commit(
+            ports.Intent(0, {}, (), w.rec.last_report.decision, {}, stale.policy_state, {}),  # type: ignore[union-attr]
+            expected_version=stale.version,
+        )
+
+
+def test_dry_run_decides_but_neither_commits_nor_acts() -> None:
+    w = World(dry_run=True)
+    w.metrics.set("face", 200.0)
+    report = w.run(0)
+    assert report.decision.target_nodes["spot"] == 8
+    assert w.store.version == 0 and w.infra.instances == {}
