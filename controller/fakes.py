@@ -30,6 +30,8 @@ class FakeInstance:
     pods: int = 0
     joins: bool = True
     """False makes the instance boot but never join the cluster (a broken AMI, a bad join token)."""
+    ended: str = ""
+    """Why it is gone: `released`, `interrupted` or `vanished`."""
 
 
 @dataclass
@@ -136,15 +138,24 @@ class FakeInfra:
         self.apply_state[pool] = model.ApplyState.IDLE
         self.apply_message[pool] = ""
 
-    def launch(self, pool: str, name: str, *, now: float | None = None) -> FakeInstance:
-        """Start an instance; it joins the cluster `boot_s` later."""
+    def launch(
+        self,
+        pool: str,
+        name: str,
+        *,
+        now: float | None = None,
+        boot_s: float | None = None,
+        interruptible: bool = True,
+    ) -> FakeInstance:
+        """Start an instance; it joins the cluster `boot_s` (the pool's by default) later."""
         now = self.clock.now() if now is None else now
         spec = self.pools[pool]
-        inst = FakeInstance(name, pool, spec.gpus_per_node, now, now + spec.boot_s)
+        boot = spec.boot_s if boot_s is None else boot_s
+        inst = FakeInstance(name, pool, spec.gpus_per_node, now, now + boot)
         self.instances[name] = inst
         self.events.append((now, "launch", name))
         self._timer(inst.ready_at, "ready", name)
-        life = self.lifetime(pool, self.launched[pool]) if self.lifetime else None
+        life = self.lifetime(pool, self.launched[pool]) if self.lifetime and interruptible else None
         self.launched[pool] += 1
         if life is not None:
             inst.notice_at = now + max(0.0, life - INTERRUPTION_NOTICE_S)
@@ -159,6 +170,7 @@ class FakeInfra:
 
     def _remove(self, inst: FakeInstance, at: float, why: str) -> None:
         inst.gone_at = at
+        inst.ended = why
         inst.pods = 0
         del self.instances[inst.name]
         self.gone.append(inst)
@@ -327,10 +339,14 @@ class MemoryStore:
         self.intents: list[ports.Intent] = []
         self.keep_intents = keep_intents
         self.ledger: dict[str, tuple[float, float]] = {}
+        self.accrued_until: float | None = None
+        self.overrides = ports.Overrides()
         self.fail_commits = False
 
     def load(self) -> ports.Snapshot:
-        return ports.Snapshot(self.version, self.records, self.policy_state)
+        return ports.Snapshot(
+            self.version, self.records, self.policy_state, self.accrued_until, self.overrides
+        )
 
     def commit(self, intent: ports.Intent, *, expected_version: int) -> int:
         if self.fail_commits:
@@ -339,6 +355,7 @@ class MemoryStore:
             raise ports.ConflictError(f"store at version {self.version}, expected {expected_version}")
         self.records = dict(intent.records)
         self.policy_state = intent.policy_state
+        self.accrued_until = intent.at
         for pool, (seconds, usd) in intent.cost.items():
             s0, u0 = self.ledger.get(pool, (0.0, 0.0))
             self.ledger[pool] = (s0 + seconds, u0 + usd)

@@ -61,12 +61,32 @@ class Capacity(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Overrides:
+    """What an operator set through the admin API; the next tick reads it with the snapshot.
+
+    Overrides only tighten: the config and the CrossGuard pack hold the same limits on every apply, so
+    loosening them here could never take effect anyway.
+    """
+
+    hold: bool = False
+    """Pause bursting: decide holds (no launch, no release, replicas as they are)."""
+    budget_usd_per_hour: float | None = None
+    """Lowers the policy's budget (the lower of the two binds)."""
+    max_nodes: Mapping[str, int] = field(default_factory=dict)
+    """Per pool: lowers the pool's `max_nodes`; 0 releases the pool."""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The store's state as of one version."""
 
     version: int
     records: Mapping[str, model.NodeRecord]
     policy_state: policy.PolicyState
+    accrued_until: float | None = None
+    """The tick time the cost ledger has been written up to (the last commit), across restarts."""
+    overrides: Overrides = field(default_factory=Overrides)
 
 
 @dataclass(frozen=True, slots=True)

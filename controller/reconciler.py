@@ -7,7 +7,9 @@ crash anywhere is repaired by the next tick redoing what the store says.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +54,6 @@ class Reconciler:
         self.store = store
         self.observers = list(observers)
         self.dry_run = dry_run
-        self._last_tick_at: float | None = None
         self._replicas_set: dict[tuple[str, str], int] = {}
         self.last_report: model.TickReport | None = None
 
@@ -86,15 +87,16 @@ class Reconciler:
     # -- the tick -----------------------------------------------------------------------------------
     def tick(self) -> model.TickReport:
         watch = clock_mod.Stopwatch()
-        setup = self.setup
         now = self.clock.now()
         obs = self.observe(now)
         snap = self.store.load()
+        setup = overridden(self.setup, snap.overrides)
         records, transitions = lifecycle.sync(snap.records, obs, timeouts=setup.timeouts)
+        hold = ("operator hold" + (f": {snap.overrides.reason}" if snap.overrides.reason else ""),)
 
         inputs = policy.DecisionInputs(
             at=now,
-            synced=obs.synced,
+            synced=obs.synced and not snap.overrides.hold,
             workloads=setup.workloads,
             metrics=obs.metrics,
             pools=setup.pools,
@@ -105,7 +107,7 @@ class Reconciler:
                 for name, st in (obs.pools or {}).items()
                 if st.unavailable_until is not None and st.unavailable_until > now
             ),
-            problems=obs.errors,
+            problems=obs.errors + (hold if snap.overrides.hold else ()),
         )
         decision, policy_state = policy.decide(inputs, snap.policy_state, setup.policy)
         plan = lifecycle.plan(
@@ -123,7 +125,7 @@ class Reconciler:
                 inputs=_inputs_summary(inputs),
                 policy_state=policy_state,
                 desired=plan.desired,
-                cost=self._accrue(snap.records, now),
+                cost=self._accrue(snap.records, since=snap.accrued_until, now=now),
             )
             try:
                 self.store.commit(intent, expected_version=snap.version)
@@ -131,7 +133,6 @@ class Reconciler:
                 errors.append(f"commit: {exc}")
                 log.warning("commit failed, not acting", extra={"error": str(exc)})
             else:
-                self._last_tick_at = now
                 acted = self._act(plan, obs, errors)
         report = model.TickReport(
             at=now,
@@ -151,11 +152,17 @@ class Reconciler:
             observer(report)
         return report
 
-    def _accrue(self, records: Mapping[str, model.NodeRecord], now: float) -> dict[str, tuple[float, float]]:
-        """Node-seconds and USD per pool since the previous tick, for the cost ledger."""
-        if self._last_tick_at is None:
+    def _accrue(
+        self, records: Mapping[str, model.NodeRecord], *, since: float | None, now: float
+    ) -> dict[str, tuple[float, float]]:
+        """Node-seconds and USD per pool since the last commit, for the cost ledger.
+
+        `since` comes from the store, so the time a restart or a leader change took is billed once, at
+        the node counts last committed, instead of being lost or counted twice.
+        """
+        if since is None:
             return {}
-        dt = now - self._last_tick_at
+        dt = max(0.0, now - since)
         billing = lifecycle.counts(records.values(), model.BILLING)
         prices = {p.name: p.price_per_hour for p in self.setup.pools}
         return {pool: (n * dt, n * dt * prices.get(pool, 0.0) / 3600.0) for pool, n in billing.items() if n}
@@ -190,6 +197,24 @@ class Reconciler:
     def _scale(self, workload: str, pool: str, replicas: int) -> None:
         self.cluster.set_replicas(workload, pool, replicas)
         self._replicas_set[(workload, pool)] = replicas
+
+
+def overridden(setup: Setup, overrides: ports.Overrides) -> Setup:
+    """The setup with the operator's overrides applied; they only ever lower a limit."""
+    if overrides == ports.Overrides():
+        return setup
+    pools = tuple(
+        dataclasses.replace(p, max_nodes=min(p.max_nodes, overrides.max_nodes[p.name]))
+        if p.name in overrides.max_nodes
+        else p
+        for p in setup.pools
+    )
+    budget = setup.policy.budget_usd_per_hour
+    if overrides.budget_usd_per_hour is not None:
+        budget = min(overrides.budget_usd_per_hour, budget if budget is not None else math.inf)
+    return dataclasses.replace(
+        setup, pools=pools, policy=dataclasses.replace(setup.policy, budget_usd_per_hour=budget)
+    )
 
 
 def _status_counts(records: Iterable[model.NodeRecord]) -> dict[str, dict[str, int]]:

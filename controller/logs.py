@@ -1,0 +1,55 @@
+"""The controller's JSON-line logs: one object per line on stderr, `extra=` fields included.
+
+Every controller module logs under `gpuburst.*` (`logging.getLogger("gpuburst.<part>")`); `configure`
+routes that tree, APScheduler's and uvicorn's loggers to one handler so a log shipper parses every line
+the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+
+ROOT: Final = "gpuburst"
+_THIRD_PARTY: Final = ("apscheduler", "uvicorn", "uvicorn.error", "uvicorn.access")
+# Attributes every LogRecord has; anything else was passed through `extra=` and becomes a JSON field.
+_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """time, level, logger, message, the `extra=` fields, the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str = "info", *, stream: IO[str] | None = None) -> logging.Handler:
+    """Send the controller's, APScheduler's and uvicorn's logs to `stream` (stderr) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in (ROOT, *_THIRD_PARTY):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+        # Third-party chatter stays at warning unless the operator asked for debug.
+        third_party = name != ROOT and level.lower() != "debug"
+        logger.setLevel("WARNING" if third_party else level.upper())
+    return handler
+
+
+def get(name: str) -> logging.Logger:
+    return logging.getLogger(f"{ROOT}.{name}")

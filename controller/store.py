@@ -1,0 +1,432 @@
+"""The SQLite store (the `Store` port): node records, every decision with its inputs and reasons, the
+audit log (transitions, actions, overrides, orphans), the cost ledger and the operator's overrides.
+
+One writer commits a tick's intent in one transaction guarded by an optimistic version; readers (the
+admin API, telemetry) read alongside in WAL mode. Each thread gets its own connection. The schema
+moves forward by ordered migrations recorded in `schema_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller import codec, errors, ports
+from controller.core import model, policy
+
+# One hour of cost per ledger bucket: enough to see what a peak cost without keeping every tick.
+LEDGER_BUCKET_S = 3600.0
+
+
+class StoreError(Exception):
+    """The database cannot be used as it is (newer schema, undecodable state)."""
+
+
+# -- migrations -------------------------------------------------------------------------------------
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE controller_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            at REAL,
+            policy_state TEXT NOT NULL)"""
+    )
+    conn.execute("INSERT INTO controller_state (id, version, at, policy_state) VALUES (1, 0, NULL, '{}')")
+    conn.execute(
+        """CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            pool TEXT NOT NULL,
+            status TEXT NOT NULL,
+            since REAL NOT NULL,
+            requested_at REAL NOT NULL,
+            ready_at REAL,
+            reason TEXT NOT NULL DEFAULT '')"""
+    )
+    conn.execute(
+        """CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY,
+            version INTEGER NOT NULL,
+            at REAL NOT NULL,
+            action TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            desired TEXT NOT NULL)"""
+    )
+    conn.execute(
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            node TEXT,
+            pool TEXT,
+            before TEXT,
+            after TEXT,
+            detail TEXT NOT NULL DEFAULT '')"""
+    )
+    conn.execute("CREATE TABLE ledger (pool TEXT PRIMARY KEY, node_seconds REAL NOT NULL, usd REAL NOT NULL)")
+
+
+def _v2_overrides_and_hourly_ledger(conn: sqlite3.Connection) -> None:
+    """Operator overrides; the ledger in hourly buckets; indexes for retention and the API's reads."""
+    conn.execute(
+        """CREATE TABLE overrides (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            data TEXT NOT NULL,
+            at REAL NOT NULL,
+            by TEXT NOT NULL DEFAULT '')"""
+    )
+    conn.execute(
+        """CREATE TABLE ledger_hourly (
+            pool TEXT NOT NULL,
+            hour REAL NOT NULL,
+            node_seconds REAL NOT NULL,
+            usd REAL NOT NULL,
+            PRIMARY KEY (pool, hour))"""
+    )
+    # Totals from before the buckets existed land in the hour of the last commit (or hour 0).
+    conn.execute(
+        """INSERT INTO ledger_hourly (pool, hour, node_seconds, usd)
+           SELECT pool,
+                  COALESCE((SELECT CAST(at / ? AS INTEGER) * ? FROM controller_state WHERE id = 1), 0),
+                  node_seconds, usd
+           FROM ledger""",
+        (LEDGER_BUCKET_S, LEDGER_BUCKET_S),
+    )
+    conn.execute("DROP TABLE ledger")
+    conn.execute("CREATE INDEX decisions_at ON decisions (at)")
+    conn.execute("CREATE INDEX audit_at ON audit (at)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_initial, _v2_overrides_and_hourly_ledger)
+"""Ordered: migration i+1 takes the schema from version i to i+1. Append only; never edit a shipped one."""
+
+LATEST = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER PRIMARY KEY, applied TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, *, target: int = LATEST, where: str = "store") -> int:
+    """Bring the schema to `target`, one migration per transaction; returns the version reached.
+
+    Safe against a second process migrating at the same time: each step re-reads the version under the
+    write lock.
+    """
+    current = schema_version(conn)
+    if current > LATEST:
+        raise StoreError(
+            f"{where}: schema version {current} is newer than this controller understands ({LATEST}); "
+            "upgrade the controller"
+        )
+    while current < target:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current < target:
+                MIGRATIONS[current](conn)
+                current += 1
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return current
+
+
+# -- the store --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    version: int
+    at: float
+    action: str
+    decision: Mapping[str, Any]
+    inputs: Mapping[str, Any]
+    desired: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: float
+    kind: str
+    node: str | None
+    pool: str | None
+    before: str | None
+    after: str | None
+    detail: str
+
+
+class SqliteStore:
+    """The Store port on one SQLite file; also what the admin API and the jobs read and write."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = str(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        migrate(self._conn(), where=self.path)
+
+    # -- connections --------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            raise errors.UserError(f"store {self.path}: cannot open the database: {exc}") from None
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection (the store is unusable afterwards)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def _write(self) -> _Txn:
+        return _Txn(self._conn(), "BEGIN IMMEDIATE")
+
+    def _read(self) -> _Txn:
+        return _Txn(self._conn(), "BEGIN")
+
+    # -- the Store port -----------------------------------------------------------------------------
+    def load(self) -> ports.Snapshot:
+        with self._read() as conn:
+            version, at, state_json = conn.execute(
+                "SELECT version, at, policy_state FROM controller_state WHERE id = 1"
+            ).fetchone()
+            records = {r.name: r for r in _node_rows(conn.execute(_NODES_SELECT))}
+            overrides = self._overrides(conn)
+        try:
+            state = codec.decode(policy.PolicyState, json.loads(state_json))
+        except (ValueError, codec.DecodeError) as exc:
+            raise StoreError(f"{self.path}: stored policy state does not decode: {exc}") from None
+        return ports.Snapshot(int(version), records, state, at, overrides)
+
+    def commit(self, intent: ports.Intent, *, expected_version: int) -> int:
+        """Records, policy state, decision, transitions and cost of one tick, all or nothing."""
+        with self._write() as conn:
+            (version,) = conn.execute("SELECT version FROM controller_state WHERE id = 1").fetchone()
+            if version != expected_version:
+                raise ports.ConflictError(f"store at version {version}, expected {expected_version}")
+            new = version + 1
+            conn.executemany(
+                """INSERT INTO nodes (name, pool, status, since, requested_at, ready_at, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET pool = excluded.pool, status = excluded.status,
+                     since = excluded.since, requested_at = excluded.requested_at,
+                     ready_at = excluded.ready_at, reason = excluded.reason""",
+                [
+                    (r.name, r.pool, r.status.value, r.since, r.requested_at, r.ready_at, r.reason)
+                    for r in intent.records.values()
+                ],
+            )
+            conn.execute(
+                "DELETE FROM nodes WHERE name NOT IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(intent.records)),),
+            )
+            conn.execute(
+                "UPDATE controller_state SET version = ?, at = ?, policy_state = ? WHERE id = 1",
+                (new, intent.at, _dumps(intent.policy_state)),
+            )
+            conn.execute(
+                "INSERT INTO decisions (version, at, action, decision, inputs, desired) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    new,
+                    intent.decision.at,
+                    intent.decision.action.value,
+                    _dumps(intent.decision),
+                    _dumps(intent.inputs),
+                    _dumps(intent.desired),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO audit (at, kind, node, pool, before, after, detail) "
+                "VALUES (?, 'transition', ?, ?, ?, ?, ?)",
+                [
+                    (t.at, t.node, t.pool, t.before.value if t.before else None, t.after.value, t.reason)
+                    for t in intent.transitions
+                ],
+            )
+            hour = (intent.at // LEDGER_BUCKET_S) * LEDGER_BUCKET_S
+            conn.executemany(
+                """INSERT INTO ledger_hourly (pool, hour, node_seconds, usd) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (pool, hour) DO UPDATE SET
+                     node_seconds = node_seconds + excluded.node_seconds, usd = usd + excluded.usd""",
+                [(pool, hour, s, usd) for pool, (s, usd) in sorted(intent.cost.items()) if s or usd],
+            )
+        return int(new)
+
+    # -- overrides ----------------------------------------------------------------------------------
+    def overrides(self) -> ports.Overrides:
+        with self._read() as conn:
+            return self._overrides(conn)
+
+    def _overrides(self, conn: sqlite3.Connection) -> ports.Overrides:
+        row = conn.execute("SELECT data FROM overrides WHERE id = 1").fetchone()
+        if row is None:
+            return ports.Overrides()
+        return codec.decode(ports.Overrides, json.loads(row[0]))
+
+    def set_overrides(self, overrides: ports.Overrides, *, at: float, by: str = "") -> None:
+        """Replace the overrides (the next tick applies them) and audit the change.
+
+        Not versioned with the tick's intent: the API is the only writer of this row (DESIGN.md
+        section 5), so a tick in flight keeps its commit and the next one reads the new values.
+        """
+        data = _dumps(overrides)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO overrides (id, data, at, by) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data, at = excluded.at, by = excluded.by",
+                (data, at, by),
+            )
+            conn.execute(
+                "INSERT INTO audit (at, kind, detail) VALUES (?, 'override', ?)",
+                (at, json.dumps({"by": by, "overrides": json.loads(data)})),
+            )
+
+    # -- audit --------------------------------------------------------------------------------------
+    def record(
+        self,
+        at: float,
+        kind: str,
+        details: Iterable[str],
+        *,
+        node: str | None = None,
+        pool: str | None = None,
+    ) -> None:
+        """Audit rows of one kind (`action`, `error`, `orphan`, ...), written together."""
+        rows = [(at, kind, node, pool, d) for d in details]
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany("INSERT INTO audit (at, kind, node, pool, detail) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def record_report(self, report: model.TickReport) -> None:
+        """What a tick did and what failed, after the fact (its intent was committed before acting)."""
+        if not report.acted and not report.errors:
+            return
+        rows = [(report.at, "action", a) for a in report.acted] + [
+            (report.at, "error", e) for e in report.errors
+        ]
+        with self._write() as conn:
+            conn.executemany("INSERT INTO audit (at, kind, detail) VALUES (?, ?, ?)", rows)
+
+    # -- reads for the API and the jobs -------------------------------------------------------------
+    def nodes(self, *, include_released: bool = False) -> list[model.NodeRecord]:
+        with self._read() as conn:
+            rows = _node_rows(conn.execute(_NODES_SELECT))
+        return [r for r in rows if include_released or r.status is not model.NodeStatus.RELEASED]
+
+    def decisions(self, *, limit: int = 50) -> list[DecisionRow]:
+        """The latest decisions, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT version, at, action, decision, inputs, desired FROM decisions "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            DecisionRow(v, at, action, json.loads(d), json.loads(i), json.loads(des))
+            for v, at, action, d, i, des in rows
+        ]
+
+    def audit(self, *, limit: int = 100, kind: str | None = None) -> list[AuditRow]:
+        """The latest audit rows, newest first."""
+        sql = "SELECT id, at, kind, node, pool, before, after, detail FROM audit"
+        params: tuple[Any, ...] = ()
+        if kind is not None:
+            sql += " WHERE kind = ?"
+            params = (kind,)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [AuditRow(*row) for row in rows]
+
+    def ledger(self) -> dict[str, tuple[float, float]]:
+        """Per pool: node-seconds and USD since the store was created."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT pool, SUM(node_seconds), SUM(usd) FROM ledger_hourly GROUP BY pool ORDER BY pool"
+            ).fetchall()
+        return {pool: (float(s), float(usd)) for pool, s, usd in rows}
+
+    def ledger_hourly(self, *, since: float | None = None) -> list[tuple[str, float, float, float]]:
+        """(pool, hour start, node-seconds, USD), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT pool, hour, node_seconds, usd FROM ledger_hourly WHERE ? IS NULL OR hour >= ? "
+                "ORDER BY hour, pool",
+                (since, since),
+            ).fetchall()
+        return [(p, float(h), float(s), float(u)) for p, h, s, u in rows]
+
+    def version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT version FROM controller_state WHERE id = 1").fetchone()[0])
+
+    # -- retention ----------------------------------------------------------------------------------
+    def prune(self, *, before: float) -> dict[str, int]:
+        """Drop decisions and audit rows older than `before`, and nodes released before it.
+
+        The ledger is kept: it is one row per pool and hour, and what the cloud bill is checked against.
+        """
+        with self._write() as conn:
+            decisions = conn.execute("DELETE FROM decisions WHERE at < ?", (before,)).rowcount
+            audit = conn.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+            nodes = conn.execute(
+                "DELETE FROM nodes WHERE status = ? AND since < ?", (model.NodeStatus.RELEASED.value, before)
+            ).rowcount
+        return {"decisions": decisions, "audit": audit, "nodes": nodes}
+
+
+class _Txn:
+    """`with` block of one explicit transaction: COMMIT on success, ROLLBACK on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection, begin: str) -> None:
+        self.conn = conn
+        self.begin = begin
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute(self.begin)
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+_NODES_SELECT = "SELECT name, pool, status, since, requested_at, ready_at, reason FROM nodes ORDER BY name"
+
+
+def _node_rows(rows: Iterable[Sequence[Any]]) -> list[model.NodeRecord]:
+    return [
+        model.NodeRecord(name, pool, model.NodeStatus(status), since, requested_at, ready_at, reason)
+        for name, pool, status, since, requested_at, ready_at, reason in rows
+    ]
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(codec.encode(value), separators=(",", ":"), allow_nan=False)

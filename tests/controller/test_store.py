@@ -1,0 +1,375 @@
+"""The SQLite store: versioned atomic commits, migrations, the generic policy-state codec, overrides,
+the audit log, the ledger and retention."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from controller import codec, errors, ports, store
+from controller.core import model, policy
+
+S = model.NodeStatus
+
+
+def _decision(at: float, action: model.Action = model.Action.SCALE_UP) -> model.Decision:
+    return model.Decision(
+        at=at,
+        action=action,
+        target_nodes={"spot": 2},
+        target_gpus={"face": 4},
+        demand_rps={"face": 80.0},
+        forecast_rps={"face": 80.0},
+        reasons=("face: 80.0 req/s, queue 0 -> 4 GPUs (2 private)",),
+    )
+
+
+def _intent(
+    at: float,
+    records: Mapping[str, model.NodeRecord],
+    *,
+    transitions: tuple[model.Transition, ...] = (),
+    cost: Mapping[str, tuple[float, float]] | None = None,
+    state: policy.PolicyState | None = None,
+    inputs: Mapping[str, object] | None = None,
+) -> ports.Intent:
+    return ports.Intent(
+        at=at,
+        records=records,
+        transitions=transitions,
+        decision=_decision(at),
+        inputs=inputs if inputs is not None else {"synced": True, "metrics": {"face": {"rate_rps": 80.0}}},
+        policy_state=state or policy.PolicyState(((at, 2),)),
+        desired={"spot": tuple(sorted(records))},
+        cost=cost or {},
+    )
+
+
+def _rec(name: str, status: model.NodeStatus = S.REQUESTED, at: float = 100.0) -> model.NodeRecord:
+    return model.NodeRecord(name, "spot", status, at, at)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> store.SqliteStore:
+    s = store.SqliteStore(tmp_path / "gpuburst.db")
+    yield s
+    s.close()
+
+
+def test_an_empty_database_loads_as_version_zero(db: store.SqliteStore) -> None:
+    snap = db.load()
+    assert snap.version == 0
+    assert snap.records == {}
+    assert snap.policy_state == policy.PolicyState()
+    assert snap.accrued_until is None
+    assert snap.overrides == ports.Overrides()
+
+
+def test_commit_then_load_round_trips_the_intent(db: store.SqliteStore) -> None:
+    recs = {"spot-1": _rec("spot-1"), "spot-2": model.NodeRecord("spot-2", "spot", S.READY, 90, 10, 90, "ok")}
+    tr = (model.Transition(100.0, "spot-1", "spot", None, S.REQUESTED, "scale up"),)
+    state = policy.PolicyState(((85.0, 1), (100.0, 2)))
+    v = db.commit(
+        _intent(100.0, recs, transitions=tr, state=state, cost={"spot": (30.0, 0.01)}), expected_version=0
+    )
+    assert v == 1
+    snap = db.load()
+    assert snap.version == 1
+    assert dict(snap.records) == recs
+    assert snap.policy_state == state
+    assert snap.accrued_until == 100.0
+
+    (row,) = db.decisions(limit=5)
+    assert row.version == 1 and row.action == "scale_up"
+    assert row.decision["reasons"] == ["face: 80.0 req/s, queue 0 -> 4 GPUs (2 private)"]
+    assert row.decision["target_nodes"] == {"spot": 2}
+    assert row.inputs["metrics"]["face"]["rate_rps"] == 80.0
+    assert row.desired == {"spot": ["spot-1", "spot-2"]}
+    (audit,) = db.audit(kind="transition")
+    assert (audit.node, audit.before, audit.after, audit.detail) == ("spot-1", None, "requested", "scale up")
+    assert db.ledger() == {"spot": (30.0, 0.01)}
+
+
+def test_records_left_out_of_an_intent_leave_the_table(db: store.SqliteStore) -> None:
+    db.commit(_intent(1.0, {"a": _rec("a"), "b": _rec("b")}), expected_version=0)
+    db.commit(_intent(2.0, {"b": _rec("b", S.PROVISIONING)}), expected_version=1)
+    assert {n: r.status for n, r in db.load().records.items()} == {"b": S.PROVISIONING}
+
+
+def test_a_stale_version_conflicts_and_writes_nothing(db: store.SqliteStore) -> None:
+    db.commit(_intent(1.0, {"a": _rec("a")}), expected_version=0)
+    with pytest.raises(ports.ConflictError, match="version 1, expected 0"):
+        db.commit(_intent(2.0, {"b": _rec("b")}, cost={"spot": (5.0, 1.0)}), expected_version=0)
+    snap = db.load()
+    assert snap.version == 1 and set(snap.records) == {"a"}
+    assert len(db.decisions()) == 1
+    assert db.ledger() == {}
+
+
+def test_a_failure_mid_commit_rolls_the_whole_intent_back(db: store.SqliteStore) -> None:
+    db.commit(_intent(1.0, {"a": _rec("a")}), expected_version=0)
+    # The inputs are serialized after the node rows were written: the failure must undo those too.
+    bad = _intent(2.0, {"b": _rec("b")}, inputs={"oops": object()})
+    with pytest.raises(TypeError):
+        db.commit(bad, expected_version=1)
+    snap = db.load()
+    assert snap.version == 1 and set(snap.records) == {"a"}
+    assert db.commit(_intent(3.0, {"c": _rec("c")}), expected_version=1) == 2
+
+
+def test_two_stores_on_one_file_see_each_other_and_conflict(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    one, two = store.SqliteStore(path), store.SqliteStore(path)
+    try:
+        a, b = one.load(), two.load()
+        one.commit(_intent(1.0, {"a": _rec("a")}), expected_version=a.version)
+        with pytest.raises(ports.ConflictError):
+            two.commit(_intent(1.0, {"b": _rec("b")}), expected_version=b.version)
+        assert set(two.load().records) == {"a"}
+    finally:
+        one.close()
+        two.close()
+
+
+def test_readers_in_other_threads_run_alongside_the_writer(db: store.SqliteStore) -> None:
+    seen: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(len(db.nodes()) + len(db.decisions(limit=3)))
+        except BaseException as exc:  # surfaced in the main thread's assertion
+            failures.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for v in range(30):
+            db.commit(_intent(float(v), {f"n{v}": _rec(f"n{v}")}), expected_version=v)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert not failures
+    assert seen
+    assert db.version() == 30
+
+
+# -- migrations -------------------------------------------------------------------------------------
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_new_database_gets_every_migration_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    store.SqliteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+            range(1, store.LATEST + 1)
+        )
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"nodes", "decisions", "audit", "ledger_hourly", "overrides", "controller_state"} <= _tables(path)
+
+
+def test_a_version_one_database_migrates_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert store.migrate(conn, target=1) == 1
+    conn.execute(
+        "UPDATE controller_state SET version = 7, at = 7300.5, policy_state = ? WHERE id = 1",
+        (json.dumps({"recommendations": [[7290.0, 3]]}),),
+    )
+    conn.execute("INSERT INTO nodes VALUES ('spot-1', 'spot', 'ready', 7000, 6900, 7000, 'joined')")
+    conn.execute("INSERT INTO ledger VALUES ('spot', 1200.0, 0.5)")
+    conn.close()
+    assert "ledger" in _tables(path)
+
+    db = store.SqliteStore(path)
+    try:
+        snap = db.load()
+        assert snap.version == 7
+        assert snap.records["spot-1"].status is S.READY
+        assert snap.policy_state == policy.PolicyState(((7290.0, 3),))
+        assert db.ledger() == {"spot": (1200.0, 0.5)}
+        assert db.ledger_hourly() == [("spot", 7200.0, 1200.0, 0.5)]
+        assert db.overrides() == ports.Overrides()
+        db.commit(_intent(7310.0, dict(snap.records), cost={"spot": (10.0, 0.01)}), expected_version=7)
+        assert db.ledger()["spot"] == pytest.approx((1210.0, 0.51))
+    finally:
+        db.close()
+    assert "ledger" not in _tables(path)
+
+
+def test_a_database_from_a_newer_controller_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    store.SqliteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (store.LATEST + 1,))
+    with pytest.raises(store.StoreError, match=rf"future\.db: schema version {store.LATEST + 1} is newer"):
+        store.SqliteStore(path)
+
+
+def test_an_unopenable_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(errors.UserError, match=r"missing/dir/x\.db: cannot open"):
+        store.SqliteStore(tmp_path / "missing" / "dir" / "x.db")
+
+
+# -- the policy state codec -------------------------------------------------------------------------
+def test_policy_state_written_by_an_older_or_newer_controller_still_loads(db: store.SqliteStore) -> None:
+    db.commit(_intent(1.0, {}), expected_version=0)
+    with sqlite3.connect(db.path) as conn:
+        # A newer controller added a field this one does not know; an older one had no recommendations.
+        conn.execute(
+            "UPDATE controller_state SET policy_state = ?",
+            (json.dumps({"recommendations": [[1.0, 4]], "panic_until": 99.0}),),
+        )
+    assert db.load().policy_state == policy.PolicyState(((1.0, 4),))
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("UPDATE controller_state SET policy_state = '{}'")
+    assert db.load().policy_state == policy.PolicyState()
+
+
+def test_undecodable_policy_state_is_an_error_not_a_silent_reset(db: store.SqliteStore) -> None:
+    with sqlite3.connect(db.path) as conn:
+        conn.execute(
+            "UPDATE controller_state SET policy_state = ?", (json.dumps({"recommendations": [["soon", 4]]}),)
+        )
+    with pytest.raises(store.StoreError, match=r"recommendations\[0\]\[0\]: expected a number"):
+        db.load()
+
+
+class _Mode(enum.StrEnum):
+    CALM = "calm"
+    PANIC = "panic"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    at: float
+    n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _GrownState:
+    """A policy state the way it may grow: nested values, optionals, enums, sets, numeric keys."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+    mode: _Mode = _Mode.CALM
+    panic_until: float | None = None
+    peaks: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    by_minute: Mapping[int, _Inner] = dataclasses.field(default_factory=dict)
+    pools_seen: frozenset[str] = frozenset()
+    history: tuple[_Inner, ...] = ()
+
+
+def test_the_codec_round_trips_a_grown_state_through_json() -> None:
+    state = _GrownState(
+        recommendations=((1.5, 2), (3.0, 4)),
+        mode=_Mode.PANIC,
+        panic_until=42.0,
+        peaks={"face": 120.5},
+        by_minute={3: _Inner(180.0, 2)},
+        pools_seen=frozenset({"spot", "ondemand"}),
+        history=(_Inner(1.0, 1),),
+    )
+    text = json.dumps(codec.encode(state), allow_nan=False)
+    assert codec.decode(_GrownState, json.loads(text)) == state
+    assert codec.decode(_GrownState, {}) == _GrownState()
+
+
+def test_unknown_numbers_stay_unknown_through_the_codec() -> None:
+    assert codec.encode({"rate": float("nan")}) == {"rate": None}
+    assert math.isnan(codec.decode(_Inner, {"at": None, "n": 1}).at)
+    assert codec.decode(_GrownState, {"panic_until": None}).panic_until is None
+
+
+def test_the_codec_names_the_path_of_a_bad_value() -> None:
+    with pytest.raises(codec.DecodeError, match=r"\$\.mode: 'frantic' is not a _Mode"):
+        codec.decode(_GrownState, {"mode": "frantic"})
+    with pytest.raises(codec.DecodeError, match=r"\$\.by_minute\.3\.n: expected int"):
+        codec.decode(_GrownState, {"by_minute": {"3": {"at": 1.0, "n": "two"}}})
+
+
+# -- overrides, audit, ledger, retention ------------------------------------------------------------
+def test_overrides_persist_across_store_objects_and_are_audited(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    db = store.SqliteStore(path)
+    ov = ports.Overrides(hold=True, budget_usd_per_hour=5.0, max_nodes={"spot": 1}, reason="incident 42")
+    db.set_overrides(ov, at=50.0, by="api 127.0.0.1")
+    db.close()
+    db = store.SqliteStore(path)
+    try:
+        assert db.overrides() == ov
+        assert db.load().overrides == ov
+        (row,) = db.audit(kind="override")
+        assert json.loads(row.detail) == {
+            "by": "api 127.0.0.1",
+            "overrides": {
+                "hold": True,
+                "budget_usd_per_hour": 5.0,
+                "max_nodes": {"spot": 1},
+                "reason": "incident 42",
+            },
+        }
+    finally:
+        db.close()
+
+
+def test_setting_overrides_does_not_move_the_version(db: store.SqliteStore) -> None:
+    snap = db.load()
+    db.set_overrides(ports.Overrides(hold=True), at=1.0)
+    db.commit(_intent(2.0, {}), expected_version=snap.version)
+
+
+def test_actions_and_errors_of_a_tick_are_audited(db: store.SqliteStore) -> None:
+    report = model.TickReport(
+        at=10.0,
+        synced=True,
+        decision=_decision(10.0),
+        nodes={},
+        transitions=(),
+        acted=("cordon spot-1", "submit spot [1 nodes]"),
+        errors=("drain spot-2: refused",),
+    )
+    db.record_report(report)
+    assert [(r.kind, r.detail) for r in reversed(db.audit())] == [
+        ("action", "cordon spot-1"),
+        ("action", "submit spot [1 nodes]"),
+        ("error", "drain spot-2: refused"),
+    ]
+
+
+def test_the_ledger_adds_up_per_pool_and_hour(db: store.SqliteStore) -> None:
+    db.commit(_intent(3500.0, {}, cost={"spot": (60.0, 0.01), "od": (60.0, 0.02)}), expected_version=0)
+    db.commit(_intent(3560.0, {}, cost={"spot": (60.0, 0.01)}), expected_version=1)
+    db.commit(_intent(3620.0, {}, cost={"spot": (60.0, 0.01)}), expected_version=2)
+    assert db.ledger() == {"od": (60.0, 0.02), "spot": pytest.approx((180.0, 0.03))}
+    assert db.ledger_hourly() == [
+        ("od", 0.0, 60.0, 0.02),
+        ("spot", 0.0, 120.0, 0.02),
+        ("spot", 3600.0, 60.0, 0.01),
+    ]
+    assert db.ledger_hourly(since=3600.0) == [("spot", 3600.0, 60.0, 0.01)]
+
+
+def test_retention_prunes_old_rows_but_keeps_live_nodes_and_the_ledger(db: store.SqliteStore) -> None:
+    old = {"gone": _rec("gone", S.RELEASED, at=10.0), "live": _rec("live", S.READY, at=10.0)}
+    tr = (model.Transition(10.0, "gone", "spot", S.RELEASING, S.RELEASED, "instance gone"),)
+    db.commit(_intent(10.0, old, transitions=tr, cost={"spot": (10.0, 1.0)}), expected_version=0)
+    db.commit(_intent(1000.0, old), expected_version=1)
+    assert db.prune(before=500.0) == {"decisions": 1, "audit": 1, "nodes": 1}
+    assert set(db.load().records) == {"live"}
+    assert [d.at for d in db.decisions()] == [1000.0]
+    assert db.ledger() == {"spot": (10.0, 1.0)}
