@@ -9,7 +9,7 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ def _rec(name: str, status: model.NodeStatus = S.REQUESTED, at: float = 100.0) -
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> store.SqliteStore:
+def db(tmp_path: Path) -> Iterator[store.SqliteStore]:
     s = store.SqliteStore(tmp_path / "gpuburst.db")
     yield s
     s.close()
