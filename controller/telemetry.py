@@ -63,6 +63,9 @@ LEADER = "gpuburst_leader"
 ORPHANS = "gpuburst_orphan_nodes"
 """Gauge {kind}: `cloud_not_in_cluster` | `cluster_not_in_stack`, from the orphan audit."""
 
+CONTENT_TYPE = str(prometheus_client.CONTENT_TYPE_LATEST)
+"""The exposition format's media type, for the API's /metrics."""
+
 REASONS = (
     "operator_hold",
     "unsynced",
