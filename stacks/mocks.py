@@ -258,7 +258,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _custom(resources: Sequence[Registered]) -> Iterator[Registered]:
-    return (r for r in resources if r.custom)
+    return iter(sorted((r for r in resources if r.custom), key=lambda r: (r.type, r.name)))
 
 
 if __name__ == "__main__":
