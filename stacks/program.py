@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 
 from stacks import config as stack_config
-from stacks import network, pool
+from stacks import network, pool, workload
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
 
@@ -53,9 +53,6 @@ def pool_stack() -> dict[str, Any]:
 
 
 def private_cluster_stack() -> dict[str, Any]:
-    # Imported here so pool stacks, which the controller runs often, skip the manifest renderer.
-    from stacks import workload
-
     cfg = stack_config.parse_private_cluster(stack_config.read(stack_config.PRIVATE_CLUSTER_KEYS))
     workload.Workload(
         "face-compare",
