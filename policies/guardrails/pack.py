@@ -40,7 +40,7 @@ def _policy(rule: rules.Rule) -> policy.Policy:
     assert resource_check is not None
 
     def validate_resource(args: policy.ResourceValidationArgs, report: policy.ReportViolation) -> None:
-        for message in resource_check(args.resource_type, args.props, rule.config(args.get_config())):
+        for message in resource_check(args.resource_type, args.props, config=rule.config(args.get_config())):
             report(message, None)
 
     return policy.ResourceValidationPolicy(

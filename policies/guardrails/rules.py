@@ -12,7 +12,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -44,7 +44,9 @@ TAGGED_TYPES = frozenset(
     }
 )
 
-ResourceCheck = Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[str]]
+
+class ResourceCheck(Protocol):
+    def __call__(self, type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +105,7 @@ def _is_false(value: Any) -> bool:
 # --- resource rules -----------------------------------------------------------------------------
 
 
-def gpu_instance_types(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def gpu_instance_types(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Only GPU types on the allowlist (exact names or shell patterns such as `g6.*`)."""
     if type_ not in (INSTANCE, LAUNCH_TEMPLATE, SPOT_REQUEST):
         return []
@@ -118,7 +120,7 @@ def gpu_instance_types(type_: str, props: Mapping[str, Any], config: Mapping[str
     return [f"instance type {instance_type} is not allowed (allowed: {', '.join(allowed)})"]
 
 
-def required_tags(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def required_tags(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Taggable AWS resources carry the pool, owner and cost center; instances also their node name."""
     if type_ not in TAGGED_TYPES:
         return []
@@ -131,7 +133,7 @@ def required_tags(type_: str, props: Mapping[str, Any], config: Mapping[str, Any
     return [f"missing required tags: {', '.join(missing)}"] if missing else []
 
 
-def imdsv2_required(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def imdsv2_required(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Instance metadata only with session tokens (IMDSv2), unless the endpoint is off."""
     if type_ not in (INSTANCE, LAUNCH_TEMPLATE):
         return []
@@ -142,7 +144,7 @@ def imdsv2_required(type_: str, props: Mapping[str, Any], config: Mapping[str, A
     return []
 
 
-def encrypted_volumes(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def encrypted_volumes(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Every EBS volume is encrypted, stated on the resource itself rather than left to account defaults."""
     if type_ == INSTANCE:
         problems = []
@@ -166,7 +168,7 @@ def encrypted_volumes(type_: str, props: Mapping[str, Any], config: Mapping[str,
     return []
 
 
-def no_public_ips(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def no_public_ips(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Nodes are reached over the private link only. An instance must say so explicitly, since leaving
     it unset lets the subnet's default hand out a public address."""
     if type_ == INSTANCE and not _is_false(props.get("associatePublicIpAddress")):
@@ -184,7 +186,7 @@ def no_public_ips(type_: str, props: Mapping[str, Any], config: Mapping[str, Any
     return []
 
 
-def spot_max_price(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def spot_max_price(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """Spot requests name a max price, at most the ceiling (USD per instance-hour); without one AWS
     would pay up to the on-demand price."""
     if type_ == SPOT_REQUEST:
@@ -207,7 +209,7 @@ def spot_max_price(type_: str, props: Mapping[str, Any], config: Mapping[str, An
     return []
 
 
-def load_balancer_annotation(type_: str, props: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def load_balancer_annotation(type_: str, props: Mapping[str, Any], *, config: Mapping[str, Any]) -> list[str]:
     """A LoadBalancer Service exposes the cluster outside the private network: it has to be asked for."""
     if type_ != SERVICE or _get(props, "spec", "type") != "LoadBalancer":
         return []

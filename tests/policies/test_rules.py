@@ -29,7 +29,7 @@ GOOD_TEMPLATE: dict[str, Any] = {
 def check(name: str, type_: str, props: dict[str, Any], config: dict[str, Any] | None = None) -> list[str]:
     rule = RULE[name]
     assert rule.resource_check is not None
-    return rule.resource_check(type_, props, rule.config(config))
+    return rule.resource_check(type_, props, config=rule.config(config))
 
 
 def test_good_resources_pass_every_rule() -> None:
