@@ -3,11 +3,12 @@ synthetic face crops, and real uvicorn servers on free loopback ports."""
 
 from __future__ import annotations
 
-import base64
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -46,8 +47,31 @@ def face(seed: int, size: int = 112, fmt: str = "JPEG", mode: str = "RGB") -> by
     return buffer.getvalue()
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(width: int, height: int, *, bits: int = 1, complete: bool = True) -> bytes:
+    """A grey PNG of any declared size. Complete ones are valid (1-bit zeros compress to almost
+    nothing, so 20000x20000 is ~40 kB); incomplete ones carry only the header and a stub of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)
+    if complete:
+        row = b"\x00" * (1 + (width * bits + 7) // 8)
+        data = zlib.compress(row * height, 9)
+    else:
+        data = zlib.compress(b"\x00" * 64)
+    tail = _png_chunk(b"IEND", b"") if complete else b""
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + tail
+
+
+@pytest.fixture(scope="session")
+def zero_png() -> bytes:
+    return png_bytes(0, 0, bits=8, complete=False)
+
+
+@pytest.fixture(scope="session")
+def png_20000() -> bytes:
+    return png_bytes(20000, 20000)
 
 
 def free_port() -> int:
@@ -64,7 +88,9 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(settings: Settings, load: Callable[[], Engine]) -> Iterator[RunningServer]:
+def running_server(
+    settings: Settings, load: Callable[[], Engine], *, wait_ready: bool = True
+) -> Iterator[RunningServer]:
     """A real uvicorn server in a thread (the lifecycle tests use a subprocess and real signals)."""
     service = FaceCompareService(settings, engine_loader=load)
     port = free_port()
@@ -78,7 +104,8 @@ def running_server(settings: Settings, load: Callable[[], Engine]) -> Iterator[R
     deadline = time.monotonic() + 60
     while True:
         try:
-            if running.client.get("/readyz").status_code == 200:
+            status = running.client.get("/readyz").status_code
+            if status == 200 or not wait_ready:
                 break
         except httpx.TransportError:
             pass
