@@ -241,14 +241,14 @@ class PrometheusSource:
         q = self.config.queries(workload).render()
         self.sample_age_s[workload] = None
 
-        up = self._query("up", q["up"], at)
+        up = self._query("up", q["up"], at=at)
         if up and all(v == 0 for _, v in up):
             return _unknown(f"target down: up == 0 for all {len(up)} targets [{q['up']}]")
         if down := [labels.get("instance", "?") for labels, v in up if v == 0]:
             # Their series go stale and drop out of the sums, so demand may read low for a window.
             log.warning("scrape targets down", extra={"workload": workload, "instances": down})
 
-        newest = self._scalar("freshness", q["freshness"], at)
+        newest = self._scalar("freshness", q["freshness"], at=at)
         if isinstance(newest, str):
             return _unknown(newest)
         age = max(0.0, at - newest)
@@ -257,20 +257,20 @@ class PrometheusSource:
             return _unknown(f"stale: last sample {age:.0f} s old (max {self.config.max_age_s:g} s)")
 
         problems: list[str] = []
-        rate = self._scalar("rate", q["rate"], at)
-        queue = self._scalar("queue", q["queue"], at)
+        rate = self._scalar("rate", q["rate"], at=at)
+        queue = self._scalar("queue", q["queue"], at=at)
         for value in (rate, queue):
             if isinstance(value, str):
                 problems.append(value)
-        latency = self._scalar("latency", q["latency"], at)
+        latency = self._scalar("latency", q["latency"], at=at)
         tiers = {
             labels.get(contract.TIER, ""): v
-            for labels, v in self._query("tier_rate", q["tier_rate"], at)
+            for labels, v in self._query("tier_rate", q["tier_rate"], at=at)
             if math.isfinite(v)
         }
         ready = {
             labels.get(contract.PLACEMENT, ""): round(v)
-            for labels, v in self._query("ready", q["ready"], at)
+            for labels, v in self._query("ready", q["ready"], at=at)
             if math.isfinite(v)
         }
         return model.WorkloadMetrics(
@@ -284,9 +284,9 @@ class PrometheusSource:
         )
 
     # -- queries ------------------------------------------------------------------------------------
-    def _scalar(self, name: str, promql: str, at: float) -> float | str:
+    def _scalar(self, name: str, promql: str, *, at: float) -> float | str:
         """The one finite value of a query, or the problem (a str) that makes it unknown."""
-        samples = self._query(name, promql, at)
+        samples = self._query(name, promql, at=at)
         if not samples:
             return f"{name}: no series [{promql}]"
         if len(samples) > 1:
@@ -296,7 +296,7 @@ class PrometheusSource:
             return f"{name}: {value} [{promql}]"
         return value
 
-    def _query(self, name: str, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
+    def _query(self, name: str, promql: str, *, at: float) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant query evaluated at `at`."""
         try:
             result = self._prom.custom_query(promql, params={"time": at})

@@ -40,6 +40,7 @@ from prometheus_client import core as prom_core
 from prometheus_client import registry as prom_registry
 
 from controller import clock as clock_mod
+from controller import ports
 from workloads.face_compare import metrics as contract
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
@@ -288,13 +289,13 @@ class MetricsTarget:
     """
 
     def __init__(
-        self, *, placement: str = "private", pool: str = "private", clock: clock_mod.SystemClock | None = None
+        self, *, placement: str = "private", pool: str = "private", clock: ports.Clock | None = None
     ) -> None:
         self.placement = placement
         self.pool = pool
         self.queue_depth = 0.0
         self.ready = 1.0
-        self._clock = clock or clock_mod.SystemClock()
+        self._clock: ports.Clock = clock or clock_mod.SystemClock()
         self._streams: dict[tuple[str, str, str], _Stream] = {}
         self._lock = threading.Lock()
         self._registry = prom_registry.CollectorRegistry(auto_describe=False)
