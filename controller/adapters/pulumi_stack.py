@@ -445,7 +445,8 @@ class PulumiCapacity:
     Construction checks everything it can cheaply (the project file, the CLI, the backend login, each
     stack and its outputs) and raises `controller.errors.UserError` naming what is missing, so
     `gpuburst run` fails at start rather than at the first burst. `pools` maps pool -> stack name (a plain
-    list: stack named after the pool). Waits between retries are real waits; times reported (such as
+    list: stack named after the pool); `pool_env` adds per-pool CLI environment (an AWS_PROFILE per
+    account) to `env_vars`. Waits between retries are real waits; times reported (such as
     `unavailable_until`) are on `clock`.
     """
 
@@ -457,6 +458,7 @@ class PulumiCapacity:
         work_dir: str | Path = REPO_ROOT,
         pulumi_command: auto.PulumiCommand | None = None,
         env_vars: Mapping[str, str] | None = None,
+        pool_env: Mapping[str, Mapping[str, str]] | None = None,
         pulumi_home: str | None = None,
         create_stacks: bool = False,
         unavailable_ttl_s: float = 180.0,
@@ -474,34 +476,42 @@ class PulumiCapacity:
         stacks = dict(pools) if isinstance(pools, Mapping) else {p: p for p in pools}
         if not stacks:
             raise errors.UserError("pulumi capacity: no pools configured")
+        stray = sorted(set(pool_env or {}) - set(stacks))
+        if stray:
+            raise errors.UserError(f"pulumi capacity: environment given for unknown pools {stray}")
         self.work_dir = Path(work_dir).resolve()
         if not any((self.work_dir / name).is_file() for name in PROJECT_FILES):
             raise errors.UserError(
                 f"pulumi capacity: no Pulumi.yaml in {self.work_dir} (set the work_dir to the project "
                 "directory, the repository root with `main: stacks/`)"
             )
-        workspace = self._workspace(pulumi_command, env_vars=env_vars, pulumi_home=pulumi_home)
+        try:
+            command = pulumi_command if pulumi_command is not None else auto.PulumiCommand()
+        except Exception as exc:
+            raise errors.UserError(f"pulumi capacity: {classify(exc).message}") from exc
+        # One workspace per distinct environment: a workspace passes its env_vars to every command.
+        workspaces: dict[tuple[tuple[str, str], ...], auto.LocalWorkspace] = {}
         self._pools: dict[str, _PoolStack] = {}
         for pool, stack_name in stacks.items():
-            stack, instances = self._open(workspace, pool, stack_name, create=create_stacks)
+            env = {**(env_vars or {}), **(pool_env or {}).get(pool, {})}
+            key = tuple(sorted(env.items()))
+            if key not in workspaces:
+                workspaces[key] = self._workspace(command, env=env, pulumi_home=pulumi_home)
+            stack, instances = self._open(workspaces[key], pool, stack_name, create=create_stacks)
             self._pools[pool] = _PoolStack(pool, stack, instances, owner=self)
         for ps in self._pools.values():
             ps.thread.start()
         log.info("pulumi capacity ready", extra={"work_dir": str(self.work_dir), "stacks": stacks})
 
     def _workspace(
-        self,
-        command: auto.PulumiCommand | None,
-        *,
-        env_vars: Mapping[str, str] | None,
-        pulumi_home: str | None,
+        self, command: auto.PulumiCommand, *, env: Mapping[str, str], pulumi_home: str | None
     ) -> auto.LocalWorkspace:
+        """A workspace on the project, after checking the backend login (`whoami`) with its environment."""
         try:
-            command = command if command is not None else auto.PulumiCommand()
             workspace = auto.LocalWorkspace(
                 work_dir=str(self.work_dir),
                 pulumi_home=pulumi_home,
-                env_vars=dict(env_vars or {}),
+                env_vars=dict(env),
                 pulumi_command=command,
             )
             workspace.who_am_i()

@@ -33,7 +33,8 @@ Scripting:
 - `logged_in=False` makes every backend call fail as the CLI does without a login; `missing=True`
   raises `FileNotFoundError` as a missing binary does.
 
-Recorded: `calls` (each argument list as the CLI received it), `applied(stack)` (node sets per `up`).
+Recorded: `calls` (each argument list as the CLI received it), `runs` (the same with the working
+directory and the extra environment of each), `applied(stack)` (node sets per `up`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ def generic(message: str = "error: creating EC2 Launch Template: InvalidAMIID.No
     return Failure(stderr=message, stdout="Updating (spot):\n\nDiagnostics:\n  " + message + "\n")
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    args: list[str]
+    cwd: str
+    env: dict[str, str]
+
+
 @dataclasses.dataclass
 class StackState:
     name: str
@@ -156,6 +164,7 @@ class ScriptedPulumi(_cmd.PulumiCommand):
         self.cloud: dict[str, str] = {}
         """Instance id -> EC2 state, as the cloud sees it; a deleted instance is absent."""
         self.calls: list[list[str]] = []
+        self.runs: list[Run] = []
         self._lock = threading.RLock()
         self._failures: list[_Scripted] = []
         self._holds: dict[str, threading.Event] = {}
@@ -232,6 +241,7 @@ class ScriptedPulumi(_cmd.PulumiCommand):
         command, flags, values = _command(args)
         with self._lock:
             self.calls.append(list(args))
+            self.runs.append(Run(list(args), cwd, dict(additional_env)))
             started = self._started.get(command)
             gate = self._holds.get(command)
         if started is not None:

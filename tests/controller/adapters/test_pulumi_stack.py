@@ -97,6 +97,31 @@ def test_start_selects_each_stack_and_reads_its_outputs(
     assert state == model.PoolState(pool="spot", instances={}, submitted=None, apply=model.ApplyState.IDLE)
 
 
+def test_commands_run_in_the_project_with_each_pools_environment(project: Path, clock: FakeClock) -> None:
+    cli = sp.ScriptedPulumi(stacks=("spot", "ondemand"))
+    with pulumi_stack.PulumiCapacity(
+        ["spot", "ondemand"],
+        clock=clock,
+        work_dir=project,
+        pulumi_command=cli,
+        env_vars={"AWS_REGION": "us-east-1"},
+        pool_env={"ondemand": {"AWS_PROFILE": "od-account"}},
+    ) as cap:
+        cap.submit("ondemand", ("n1",))
+        settle(cap, "ondemand")
+    assert {run.cwd for run in cli.runs} == {str(project)}
+    by_stack = {run.args[run.args.index("--stack") + 1]: run.env for run in cli.runs if "up" in run.args}
+    assert by_stack["ondemand"]["AWS_PROFILE"] == "od-account"
+    assert by_stack["ondemand"]["AWS_REGION"] == "us-east-1"
+    spot_env = [run.env for run in cli.runs if run.args[-1] == "spot"]
+    assert spot_env and all(env.get("AWS_PROFILE") is None for env in spot_env)
+    assert len(cli.commands("whoami")) == 2, "each environment's login is checked"
+    with pytest.raises(errors.UserError, match=r"unknown pools \['gpu-x'\]"):
+        pulumi_stack.PulumiCapacity(
+            ["spot"], clock=clock, work_dir=project, pulumi_command=cli, pool_env={"gpu-x": {}}
+        )
+
+
 def test_start_adopts_instances_already_in_the_stack(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi(stacks=("spot",))
     with pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli) as cap:
