@@ -339,14 +339,16 @@ class _PoolStack:
                 self.applying = True
                 self.apply = model.ApplyState.BUSY
             assert nodes is not None  # the worker only wakes for a submitted set
-            outcome, duration = self._apply(nodes)
+            outcome, duration, launched = self._apply(nodes)
             with self.cond:
                 self.applying = False
                 if outcome.verdict is Verdict.OK:
                     delay, patient, lock_attempts, failures = None, False, 0, 0
                     self.apply = model.ApplyState.BUSY if self.fresh else model.ApplyState.IDLE
                     self.message = ""
-                    self.unavailable_until = None
+                    if launched:
+                        # Only a launch proves capacity is back; a shrink says nothing about it.
+                        self.unavailable_until = None
                 elif outcome.verdict is Verdict.BUSY:
                     lock_attempts += 1
                     delay, patient = self.owner.lock_backoff.delay(lock_attempts), True
@@ -364,8 +366,10 @@ class _PoolStack:
                 self.cond.notify_all()
             self.owner.applied(ApplyResult(self.pool, nodes, outcome, duration))
 
-    def _apply(self, nodes: tuple[str, ...]) -> tuple[Outcome, float]:
+    def _apply(self, nodes: tuple[str, ...]) -> tuple[Outcome, float, bool]:
+        """Set the node set and `up`; returns the outcome, its duration and whether it launched a node."""
         watch = clock_mod.Stopwatch()
+        launched = False
         log.info("apply started", extra={"pool": self.pool, "stack": self.stack.name, "nodes": list(nodes)})
         with self.operation:
             try:
@@ -385,6 +389,7 @@ class _PoolStack:
             else:
                 outcome = Outcome(Verdict.OK)
                 with self.cond:
+                    launched = bool(set(instances) - set(self.instances or {}))
                     self.instances, self.outputs_error = instances, ""
         duration = watch.elapsed()
         level = logging.INFO if outcome.verdict is Verdict.OK else logging.WARNING
@@ -398,7 +403,7 @@ class _PoolStack:
                 "duration_s": round(duration, 3),
             },
         )
-        return outcome, duration
+        return outcome, duration, launched
 
     def _reload(self) -> None:
         """Re-read the outputs (caller holds `operation`); unreadable outputs make `state()` raise."""

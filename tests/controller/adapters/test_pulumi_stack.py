@@ -395,6 +395,22 @@ def test_insufficient_capacity_fails_the_apply_and_makes_the_pool_unavailable_fo
     assert capacity.state("spot").unavailable_until is None
 
 
+def test_only_a_launch_ends_the_unavailability_early(
+    capacity: pulumi_stack.PulumiCapacity, cli: sp.ScriptedPulumi, clock: FakeClock
+) -> None:
+    capacity.submit("spot", ("a",))
+    settle(capacity)
+    cli.fail("up", sp.insufficient_capacity(node="b"))
+    capacity.submit("spot", ("a", "b"))
+    until = settle(capacity).unavailable_until
+    assert until is not None
+    capacity.submit("spot", ())  # a release succeeds: it proves nothing about capacity
+    state = settle(capacity)
+    assert state.apply is model.ApplyState.IDLE and state.unavailable_until == until
+    capacity.submit("spot", ("c",))  # a launch succeeds: capacity is back
+    assert settle(capacity).unavailable_until is None
+
+
 def test_a_failed_apply_is_failed_with_the_message_and_a_new_set_goes_at_once(
     capacity: pulumi_stack.PulumiCapacity, cli: sp.ScriptedPulumi, applies: Applies
 ) -> None:
