@@ -1,0 +1,115 @@
+"""`gpuburst simulate` and `gpuburst bench-sim`: replay a scenario through the policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from controller import policy_file
+from controller.sim import engine, plot, policies, report, scenario
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate", help="replay a traffic scenario through gpuburst, the baselines and the oracle"
+    )
+    p.add_argument(
+        "--scenario", required=True, help="a shipped scenario name (e.g. flash-crowd) or a YAML path"
+    )
+    p.add_argument("--policies", help=f"comma-separated subset of: {','.join(policies.NAMES)}")
+    p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
+    p.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON")
+    p.add_argument("--timeseries", type=Path, help="write one per-second CSV per policy into this folder")
+    p.add_argument("--plot", type=Path, help="write a PNG of demand, capacity, nodes and cost")
+    p.set_defaults(func=simulate)
+
+    b = sub.add_parser("bench-sim", help="benchmark: simulated seconds per wall second, per policy")
+    b.add_argument("--scenario", default="worldcup98")
+    b.add_argument("--policies", help="comma-separated subset (default: all)")
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--json", type=Path, dest="json_out")
+    b.set_defaults(func=bench)
+
+
+def run_all(
+    sc: scenario.Scenario, names: tuple[str, ...], *, policy_path: Path, quiet: bool = False
+) -> tuple[list[engine.Run], float | None]:
+    burst_policy = policy_file.load(policy_path)
+    runs = []
+    oracle_cost = None
+    # The oracle first: every other cost is reported against it.
+    ordered = sorted(names, key=lambda n: n != "oracle")
+    for name in ordered:
+        with tqdm(
+            total=sc.duration_s,
+            desc=f"{name:>15}",
+            unit="s",
+            unit_scale=True,
+            leave=False,
+            disable=quiet or None,
+            file=sys.stderr,
+        ) as bar:
+            done = [0]
+
+            def progress(t: int, bar: Any = bar, done: list[int] = done) -> None:
+                bar.update(t - done[0])
+                done[0] = t
+
+            run = policies.run(sc, name, burst_policy=burst_policy, progress=progress)
+        if name == "oracle":
+            oracle_cost = run.cost_usd
+        runs.append(run)
+    runs.sort(key=lambda r: names.index(r.policy))
+    if oracle_cost is None and "oracle" not in names:
+        from controller.sim import oracle
+
+        oracle_cost = oracle.run(sc).cost_usd
+    return runs, oracle_cost
+
+
+def simulate(args: argparse.Namespace) -> int:
+    sc = scenario.load(args.scenario)
+    names = policies.parse_names(args.policies)
+    runs, oracle_cost = run_all(sc, names, policy_path=args.policy_file)
+    doc = report.document(sc, runs, oracle_cost=oracle_cost)
+    print(report.table(doc))
+    if args.json_out:
+        report.write_json(doc, args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.timeseries:
+        report.write_timeseries(runs, args.timeseries)
+        print(f"wrote {len(runs)} timeseries to {args.timeseries}/")
+    if args.plot:
+        plot.plot(sc, runs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    sc = scenario.load(args.scenario)
+    names = policies.parse_names(args.policies)
+    burst_policy = policy_file.load()
+    rows = []
+    print(f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per policy (median)")
+    for name in names:
+        walls = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            policies.run(sc, name, burst_policy=burst_policy)
+            walls.append(time.perf_counter() - start)
+        wall = statistics.median(walls)
+        speed = sc.duration_s / wall
+        rows.append({"policy": name, "median_wall_s": round(wall, 3), "sim_s_per_wall_s": round(speed)})
+        print(f"  {name:>15}: {wall:7.2f} s wall, {speed:>12,.0f}x real time")
+    if args.json_out:
+        args.json_out.write_text(
+            json.dumps({"scenario": sc.name, "duration_s": sc.duration_s, "results": rows}, indent=2) + "\n"
+        )
+    return 0

@@ -1,0 +1,54 @@
+"""The `gpuburst` policy in the simulator: the real Reconciler, ticking on the simulated clock, with
+the in-package fakes for its ports. What is simulated here is what runs live."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from controller import fakes, reconciler
+from controller.core import model, policy
+from controller.sim import world as world_mod
+
+TICK_S = 15
+"""The controller ticks once per scrape: a tick between scrapes would see nothing new."""
+
+
+class Gpuburst:
+    name = "gpuburst"
+    needs_concurrency = False
+
+    def __init__(self, w: world_mod.World, burst_policy: policy.BurstPolicy) -> None:
+        sc = w.scenario
+        self.w = w
+        if sc.budget_usd_per_hour is not None:
+            budget = sc.budget_usd_per_hour
+            if burst_policy.budget_usd_per_hour is not None:
+                budget = min(budget, burst_policy.budget_usd_per_hour)
+            burst_policy = dataclasses.replace(burst_policy, budget_usd_per_hour=budget)
+        self.workload = sc.workload.name
+        self.tick_s = max(TICK_S, sc.scrape_interval_s)
+        self.reconciler = reconciler.Reconciler(
+            reconciler.Setup((sc.workload,), sc.pool_specs, burst_policy),
+            clock=w.clock,
+            metrics=fakes.FakeMetricSource(provider=self._metrics),
+            cluster=fakes.FakeCluster(w.infra),
+            capacity=fakes.FakeCapacity(w.infra),
+            store=fakes.MemoryStore(keep_intents=0),
+        )
+        self.next_wake = 0.0
+
+    def _metrics(self, at: float) -> Mapping[str, model.WorkloadMetrics]:
+        view = self.w.view
+        rate = view.rate(at)
+        if rate is None:
+            return {self.workload: model.WorkloadMetrics(None, None, problems=("no samples yet",))}
+        return {self.workload: model.WorkloadMetrics(rate_rps=rate, queue_depth=view.queue(at))}
+
+    def wake(self, t: int) -> None:
+        if t >= self.next_wake:
+            self.next_wake = t + self.tick_s
+            self.reconciler.tick()
+
+    def serving_gpus(self) -> int:
+        return self.w.scenario.private_gpus + self.w.infra.serving_gpus()

@@ -1,0 +1,64 @@
+"""The policies a replay can compare, by the names the CLI and the reports use."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from controller import errors
+from controller.core import policy
+from controller.sim import autoscalers, engine, fixed, gpuburst, oracle, scenario, skyserve
+from controller.sim import world as world_mod
+
+NAMES: tuple[str, ...] = (
+    "gpuburst",
+    "hpa+ca",
+    "keda+karpenter",
+    "kpa+karpenter",
+    "skyserve",
+    "static-peak",
+    "private-only",
+    "oracle",
+)
+BASELINES = NAMES[1:-1]
+
+
+def parse_names(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return NAMES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise errors.UserError(f"--policies: unknown policy {unknown[0]!r}; known: {', '.join(NAMES)}")
+    if not names:
+        raise errors.UserError("--policies: name at least one policy")
+    return names
+
+
+def factory(name: str, burst_policy: policy.BurstPolicy) -> Callable[[world_mod.World], engine.SimPolicy]:
+    if name == "gpuburst":
+        return functools.partial(gpuburst.Gpuburst, burst_policy=burst_policy)
+    if name == "skyserve":
+        return skyserve.SkyServe
+    if name == "static-peak":
+        return fixed.StaticPeak
+    if name == "private-only":
+        return fixed.PrivateOnly
+    controller, _, provisioner = name.partition("+")
+    if controller in ("hpa", "keda", "kpa") and provisioner in ("ca", "karpenter"):
+        return functools.partial(
+            autoscalers.ReplicaBaseline, name, controller=controller, provisioner=provisioner
+        )
+    raise errors.UserError(f"unknown policy {name!r}")
+
+
+def run(
+    sc: scenario.Scenario,
+    name: str,
+    *,
+    burst_policy: policy.BurstPolicy,
+    progress: engine.Progress | None = None,
+) -> engine.Run:
+    if name == "oracle":
+        return oracle.run(sc)
+    return engine.run(sc, factory(name, burst_policy), progress=progress)
