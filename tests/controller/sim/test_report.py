@@ -1,0 +1,96 @@
+"""`gpuburst simulate` end to end: the JSON agrees with the per-second timeseries it wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from controller import cli
+from controller.sim import policies
+from tests.controller.sim import helpers
+
+
+def _attainment(rows: list[dict[str, str]], *, gpu_rps: float, wait_slo: float, timeout: float) -> float:
+    """An independent replay of the service model: the fluid queue in 100 sub-steps per second."""
+    steps = 100
+    backlog = met = total = 0.0
+    for row in rows:
+        a = float(row["arrivals"]) / steps
+        c = int(row["ready_gpus"]) * gpu_rps
+        for _ in range(steps):
+            total += a
+            wait = backlog / c if c > 0 else math.inf
+            if wait <= timeout:
+                backlog += a
+                if wait <= wait_slo:
+                    met += a
+            backlog = max(0.0, backlog - c / steps)
+    return met / total
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    tmp = tmp_path_factory.mktemp("sim")
+    arrivals = [15.0] * 300 + [60.0] * 300 + [15.0] * 600
+    path = helpers.write(tmp, arrivals)
+    assert (
+        cli.main(
+            [
+                "simulate",
+                "--scenario",
+                str(path),
+                "--json",
+                str(tmp / "out.json"),
+                "--timeseries",
+                str(tmp / "ts"),
+                "--plot",
+                str(tmp / "plot.png"),
+            ]
+        )
+        == 0
+    )
+    return json.loads((tmp / "out.json").read_text()), tmp
+
+
+def test_json_shape(simulated: tuple[dict, Path]) -> None:
+    doc, tmp = simulated
+    assert doc["scenario"] == "test" and doc["duration_s"] == 1200
+    assert doc["requests"] == 15 * 900 + 60 * 300
+    assert [r["policy"] for r in doc["results"]] == list(policies.NAMES)
+    keys = {
+        "policy",
+        "slo_attainment",
+        "dropped",
+        "p99_latency_ms",
+        "cloud_cost_usd",
+        "cost_vs_oracle",
+        "burst_gpu_hours",
+        "max_burst_nodes",
+        "launches",
+        "releases",
+        "interruptions",
+    }
+    assert all(set(r) == keys for r in doc["results"])
+    assert (tmp / "plot.png").stat().st_size > 20_000
+
+
+def test_timeseries_reproduce_the_json(simulated: tuple[dict, Path]) -> None:
+    doc, tmp = simulated
+    attainments = set()
+    for result in doc["results"]:
+        with (tmp / "ts" / f"{result['policy']}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour"]
+        assert len(rows) == doc["duration_s"]
+        cost = sum(float(r["usd_per_hour"]) for r in rows) / 3600
+        assert cost == pytest.approx(result["cloud_cost_usd"], abs=1e-4), result["policy"]
+        gpu_hours = sum(int(r["billed_nodes"]) for r in rows) / 3600
+        assert gpu_hours == pytest.approx(result["burst_gpu_hours"], abs=1e-3)
+        slo = _attainment(rows, gpu_rps=10, wait_slo=0.4, timeout=30)
+        assert slo == pytest.approx(result["slo_attainment"], abs=2e-3), result["policy"]
+        attainments.add(round(result["slo_attainment"], 3))
+    assert len(attainments) >= 3, "the scenario should separate the policies"
