@@ -11,6 +11,7 @@ anything; client and network failures become `KubeError` with a message saying w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -53,6 +54,8 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FINISHED_PHASES = ("Succeeded", "Failed")
 # One list of the pods that hold a node, server-side filtered: bound and not finished.
 _HOLDING_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+
+_REFUSED = "refused by a disruption budget"
 
 DEFAULT_NAMESPACE = "face-compare"
 DEFAULT_DEPLOYMENT = "{workload}-burst-{pool}"
@@ -97,10 +100,6 @@ def _describe(exc: Exception, host: str) -> str:
         return f"HTTP {exc.status} {exc.reason or ''}".rstrip() + (f": {message}" if message else "")
     reason = getattr(exc, "reason", None) or exc
     return f"Kubernetes API at {host} unreachable ({type(reason).__name__}: {reason})"
-
-
-def _status(exc: BaseException) -> int | None:
-    return exc.status if isinstance(exc, k8s_errors.ApiException) else None
 
 
 class _Api:
@@ -161,12 +160,10 @@ class KubeCluster:
                 continue
             labels = meta.labels or {}
             name = labels.get(LABEL_NODE) or meta.name
-            if name in out:
-                log.warning("two nodes carry one name", extra={"node": name, "kube_node": meta.name})
             if not labels.get(LABEL_POOL):
                 log.warning("burst node without a pool label", extra={"kube_node": meta.name})
             taints = (spec.taints if spec is not None else None) or []
-            out[name] = model.ClusterNode(
+            seen = model.ClusterNode(
                 name=name,
                 pool=labels.get(LABEL_POOL, ""),
                 ready=_ready(node),
@@ -174,79 +171,92 @@ class KubeCluster:
                 pods=held.get(meta.name, 0),
                 interrupting=any(t.key in INTERRUPTION_TAINTS for t in taints),
             )
+            other = out.get(name)
+            if other is not None:  # re-registered under a new node name while the old one lingers
+                log.warning("two nodes carry one name", extra={"node": name, "kube_node": meta.name})
+                seen = dataclasses.replace(
+                    seen,
+                    ready=seen.ready or other.ready,
+                    cordoned=seen.cordoned and other.cordoned,
+                    pods=seen.pods + other.pods,  # release waits for the pods of both
+                    interrupting=seen.interrupting or other.interrupting,
+                )
+            out[name] = seen
         return out
 
     # -- actions --------------------------------------------------------------------------------------
     def cordon(self, node: str) -> None:
         """Mark the node unschedulable and its ReplicaSet pods first to go; no write when already so."""
-        found = self._find(node)
-        if found is None:
-            return  # gone from the cluster: nothing can be scheduled there
-        kube_name = _name(found)
-        if not (found.spec is not None and found.spec.unschedulable):
-            with self.api.call(f"cordon node {kube_name}"):
-                self.api.core.patch_node(
-                    kube_name, {"spec": {"unschedulable": True}}, _request_timeout=self.api.timeout_s
-                )
-            log.info("cordoned", extra={"node": node, "kube_node": kube_name})
-        for pod in self._pods_on(kube_name):
-            meta = pod.metadata
-            if meta is None or not _owned_by(pod, "ReplicaSet"):
-                continue
-            if (meta.annotations or {}).get(DELETION_COST) == DRAIN_FIRST_COST:
-                continue
-            where = f"{meta.namespace}/{meta.name}"
-            with self.api.call(f"annotate pod {where} with {DELETION_COST}"):
-                try:
-                    self.api.core.patch_namespaced_pod(
-                        str(meta.name),
-                        str(meta.namespace),
-                        {"metadata": {"annotations": {DELETION_COST: DRAIN_FIRST_COST}}},
-                        _request_timeout=self.api.timeout_s,
+        for found in self._find(node):  # none when gone from the cluster: nothing can land there
+            kube_name = _name(found)
+            if not (found.spec is not None and found.spec.unschedulable):
+                with self.api.call(f"cordon node {kube_name}"):
+                    self.api.core.patch_node(
+                        kube_name, {"spec": {"unschedulable": True}}, _request_timeout=self.api.timeout_s
                     )
-                except k8s_errors.ApiException as exc:
-                    if exc.status != 404:  # gone already: nothing to mark
-                        raise
+                log.info("cordoned", extra={"node": node, "kube_node": kube_name})
+            for pod in self._pods_on(kube_name):
+                meta = pod.metadata
+                if meta is None or not _owned_by(pod, "ReplicaSet"):
+                    continue
+                if (meta.annotations or {}).get(DELETION_COST) == DRAIN_FIRST_COST:
+                    continue
+                with self.api.call(f"annotate pod {meta.namespace}/{meta.name} with {DELETION_COST}"):
+                    try:
+                        self.api.core.patch_namespaced_pod(
+                            str(meta.name),
+                            str(meta.namespace),
+                            {"metadata": {"annotations": {DELETION_COST: DRAIN_FIRST_COST}}},
+                            _request_timeout=self.api.timeout_s,
+                        )
+                    except k8s_errors.ApiException as exc:
+                        if exc.status != 404:  # gone already: nothing to mark
+                            raise
 
     def drain(self, node: str) -> int:
-        """Evict the node's pods (DaemonSet and mirror pods stay, as with kubectl drain).
+        """Evict the node's pods. DaemonSet and mirror pods stay, as with kubectl drain; pods without a
+        controller go too (kubectl would want --force), since the node is going away either way.
 
         Returns how many still need an eviction: those a PodDisruptionBudget refused now (never forced;
         the next tick asks again) or that failed. Pods already terminating are on their way out and not
         counted here, but `burst_nodes()` counts them until the kubelet is done, so release waits.
         """
-        found = self._find(node)
-        if found is None:
-            return 0
-        kube_name = _name(found)
         remaining, failures = 0, []
-        for pod in self._pods_on(kube_name):
-            meta = pod.metadata
-            if meta is None or meta.deletion_timestamp is not None:
-                continue
-            where = f"{meta.namespace}/{meta.name}"
-            body = kubernetes.client.V1Eviction(
-                metadata=kubernetes.client.V1ObjectMeta(name=meta.name, namespace=meta.namespace)
-            )
-            try:
-                self.api.core.create_namespaced_pod_eviction(
-                    str(meta.name), str(meta.namespace), body, _request_timeout=self.api.timeout_s
-                )
-            except k8s_errors.ApiException as exc:
-                if exc.status == 404:
-                    continue  # gone already
-                remaining += 1
-                if exc.status == 429:
-                    log.info("eviction refused by a disruption budget", extra={"pod": where, "node": node})
-                else:
-                    failures.append(f"evict pod {where}: {_describe(exc, self.api.host)}")
-            except urllib3.exceptions.HTTPError as exc:
-                raise KubeError(f"evict pod {where}: {_describe(exc, self.api.host)}") from exc
-            else:
-                log.info("evicted", extra={"pod": where, "node": node})
+        for found in self._find(node):
+            for pod in self._pods_on(_name(found)):
+                meta = pod.metadata
+                if meta is None or meta.deletion_timestamp is not None:
+                    continue
+                outcome = self._evict(str(meta.name), str(meta.namespace), node)
+                if outcome is not None:
+                    remaining += 1
+                    if outcome is not _REFUSED:
+                        failures.append(outcome)
         if failures:  # the other pods were still evicted: the next tick retries only these
             raise KubeError(f"drain {node}: " + "; ".join(failures))
         return remaining
+
+    def _evict(self, pod: str, namespace: str, node: str) -> str | None:
+        """None when the pod is gone or going, `_REFUSED` when a disruption budget said no, else why not."""
+        where = f"{namespace}/{pod}"
+        body = kubernetes.client.V1Eviction(
+            metadata=kubernetes.client.V1ObjectMeta(name=pod, namespace=namespace)
+        )
+        try:
+            self.api.core.create_namespaced_pod_eviction(
+                pod, namespace, body, _request_timeout=self.api.timeout_s
+            )
+        except k8s_errors.ApiException as exc:
+            if exc.status == 404:
+                return None  # gone already
+            if exc.status == 429:
+                log.info("eviction refused by a disruption budget", extra={"pod": where, "node": node})
+                return _REFUSED
+            return f"evict pod {where}: {_describe(exc, self.api.host)}"
+        except urllib3.exceptions.HTTPError as exc:
+            raise KubeError(f"evict pod {where}: {_describe(exc, self.api.host)}") from exc
+        log.info("evicted", extra={"pod": where, "node": node})
+        return None
 
     def set_replicas(self, workload: str, pool: str, replicas: int) -> None:
         """Write the Deployment's scale subresource under its resourceVersion; re-read on a conflict."""
@@ -295,23 +305,19 @@ class KubeCluster:
         )
 
     # -- helpers --------------------------------------------------------------------------------------
-    def _find(self, node: str) -> kubernetes.client.V1Node | None:
-        """The burst node the controller calls `node` (by label; by node name for unlabelled ones)."""
+    def _find(self, node: str) -> list[kubernetes.client.V1Node]:
+        """The burst nodes the controller calls `node`: by label, or by node name for unlabelled ones."""
         t = self.api.timeout_s
         with self.api.call(f"find node {node}"):
-            items = self.api.core.list_node(
-                label_selector=f"{BURST_SELECTOR},{LABEL_NODE}={node}", _request_timeout=t
-            ).items
+            by_label = f"{BURST_SELECTOR},{LABEL_NODE}={node}"
+            items = self.api.core.list_node(label_selector=by_label, _request_timeout=t).items
             if not items:
-                items = [
-                    n
-                    for n in self.api.core.list_node(
-                        label_selector=f"{BURST_SELECTOR},!{LABEL_NODE}",
-                        field_selector=f"metadata.name={node}",
-                        _request_timeout=t,
-                    ).items
-                ]
-        return items[0] if items else None
+                items = self.api.core.list_node(
+                    label_selector=f"{BURST_SELECTOR},!{LABEL_NODE}",
+                    field_selector=f"metadata.name={node}",
+                    _request_timeout=t,
+                ).items
+        return items
 
     def _pods_on(self, kube_name: str) -> list[kubernetes.client.V1Pod]:
         """The pods that hold the node: bound to it, not finished, not DaemonSet or mirror pods."""

@@ -2,7 +2,8 @@
 
 kmock 0.8's `KubernetesEmulator` stores objects and serves list, fetch, create, merge-patch, delete and
 watch. The cluster adapter relies on more of the real API, so `KubeEmulator` serves every object request
-itself, on kmock's storage (`emulator.objects`, with each object's history) and its watch streams:
+itself, on kmock's storage (`emulator.objects`, with each object's history; kmock's own watch streams see
+every write, though they ignore selectors):
 
 - label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`) and the field selectors the real server
   accepts per kind (anything else is a 400, as there);
@@ -873,6 +874,10 @@ class Kube:
         ns = None if plural in ("nodes", "namespaces") else namespace
         other = _Interference((resource(plural), ns, name), mutate, times)
         self.run(lambda e: e.interferences.append(other))
+
+    def forget_requests(self) -> None:
+        """Drop kmock's request log: each request scans it, so a long end-to-end run may want this."""
+        self.run(lambda e: e._requests.clear())
 
     def requests(self, method: str | None = None) -> list[str]:
         """`METHOD /path?query` (decoded) of every request served so far, oldest first."""

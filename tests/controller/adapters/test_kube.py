@@ -103,6 +103,21 @@ def test_a_burst_node_without_its_controller_name_is_known_by_its_node_name(
     assert running_pods(kube, "legacy") == []
 
 
+def test_a_node_registered_twice_under_one_name_holds_the_pods_of_both(
+    kube: Kube, cluster: kube_adapter.KubeCluster
+) -> None:
+    kube.add_node("ip-10-0-1-23", record="spot-1", ready=False)  # the old registration, lingering
+    kube.add_node("ip-10-0-1-24", record="spot-1")
+    kube.add_pod("web-1", node="ip-10-0-1-23", labels=POD_LABELS)
+    kube.add_pod("web-2", node="ip-10-0-1-24", labels=POD_LABELS)
+
+    assert cluster.burst_nodes() == {"spot-1": model.ClusterNode("spot-1", POOL, ready=True, pods=2)}
+    cluster.cordon("spot-1")
+    assert cluster.burst_nodes()["spot-1"].cordoned  # both registrations
+    assert cluster.drain("spot-1") == 0
+    assert running_pods(kube, "ip-10-0-1-23") == running_pods(kube, "ip-10-0-1-24") == []
+
+
 # -- cordon ---------------------------------------------------------------------------------------------
 def test_cordon_marks_the_node_and_its_replicaset_pods_once(
     kube: Kube, cluster: kube_adapter.KubeCluster
