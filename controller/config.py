@@ -1,0 +1,335 @@
+"""The live controller's config file (`gpuburst run --config FILE`): schema, validation and loading.
+
+Validated with pydantic at the edge; every error names the file and the field path, unknown fields are
+refused, and cross-field rules (unique names, one adapter kind, a budget that can pay for `min_nodes`)
+are checked here so a bad file fails at start, not at the first burst. Relative paths are relative to
+the config file's directory. `examples/local.yaml` and `examples/aws.yaml` document every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+
+from controller import errors, policy_file, reconciler
+from controller.adapters import prometheus as prometheus_adapter
+from controller.core import model, policy
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+LOCAL_EXAMPLE = EXAMPLES / "local.yaml"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS label (lowercase letters, digits and '-', at most 63): it becomes "
+            "a Kubernetes label value and part of resource names"
+        )
+    return value
+
+
+Name = Annotated[str, pydantic.AfterValidator(_dns_label)]
+
+
+class WorkloadConfig(_Model):
+    """A GPU service kept within its SLO (one `WorkloadSpec`) and how Prometheus finds it."""
+
+    name: Name
+    gpu_rps: float = pydantic.Field(gt=0, description="req/s one GPU replica sustains at 100 % busy")
+    service_time_s: float = pydantic.Field(gt=0)
+    slo_s: float = pydantic.Field(gt=0)
+    private_gpus: int = pydantic.Field(ge=0)
+    prometheus: prometheus_adapter.WorkloadQueries | None = None
+    """Selector, window and query templates; default: `job="<name>"` with the contract's queries."""
+
+    def spec(self) -> model.WorkloadSpec:
+        return model.WorkloadSpec(self.name, self.gpu_rps, self.service_time_s, self.slo_s, self.private_gpus)
+
+
+class PulumiAdapterConfig(_Model):
+    """A pool backed by one stack of the gpuburst Pulumi project."""
+
+    kind: Literal["pulumi"]
+    stack: str | None = None
+    """Stack name; default: the pool's name."""
+    work_dir: Path = Path(".")
+    """The directory holding Pulumi.yaml (the repository root)."""
+    env: dict[str, str] = pydantic.Field(default_factory=dict)
+    """Extra environment for the CLI (e.g. AWS_PROFILE); secrets belong in the process environment."""
+    create_stack: bool = False
+
+
+class LocalAdapterConfig(_Model):
+    """A pool of face-compare worker processes on this machine (the embedded demo)."""
+
+    kind: Literal["local"]
+    boot_delay_s: float = pydantic.Field(
+        default=5.0, ge=0, description="simulated node boot before the worker starts"
+    )
+    worker_command: list[str] | None = pydantic.Field(default=None, min_length=1)
+    """argv template ({host}, {port}, {pool}, {node}); default: the workload's `serve --device cpu`."""
+    env: dict[str, str] = pydantic.Field(default_factory=dict)
+    stop_timeout_s: float = pydantic.Field(default=30.0, gt=0)
+    targets_file: Path | None = None
+    """A Prometheus file_sd file listing the live workers (scrape it with a file_sd_configs job)."""
+    log_dir: Path | None = None
+    """Where each worker's output goes; default: a temporary directory."""
+
+
+AdapterConfig = Annotated[PulumiAdapterConfig | LocalAdapterConfig, pydantic.Field(discriminator="kind")]
+
+
+class PoolConfig(_Model):
+    """A cloud pool (one `PoolSpec`) and the adapter that provides its nodes."""
+
+    name: Name
+    gpus_per_node: int = pydantic.Field(ge=1)
+    price_per_hour: float = pydantic.Field(ge=0)
+    boot_s: float = pydantic.Field(ge=0, description="typical launch-to-ready time")
+    max_nodes: int = pydantic.Field(ge=0)
+    min_nodes: int = pydantic.Field(default=0, ge=0)
+    spot: bool = False
+    adapter: AdapterConfig
+
+    @pydantic.model_validator(mode="after")
+    def _bounds(self) -> PoolConfig:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) is above max_nodes ({self.max_nodes})")
+        return self
+
+    def spec(self) -> model.PoolSpec:
+        return model.PoolSpec(
+            self.name,
+            gpus_per_node=self.gpus_per_node,
+            price_per_hour=self.price_per_hour,
+            boot_s=self.boot_s,
+            max_nodes=self.max_nodes,
+            min_nodes=self.min_nodes,
+            spot=self.spot,
+        )
+
+
+class KubernetesConfig(_Model):
+    """API access: `host` (kubectl proxy), a kubeconfig/context, or in-cluster when neither is set."""
+
+    host: str | None = None
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: Name = "face-compare"
+    deployment_name: str = "{workload}-burst-{pool}"
+    timeout_s: float = pydantic.Field(default=10.0, gt=0)
+
+    @pydantic.field_validator("deployment_name")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(workload="w", pool="p")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{value!r}: only {{workload}} and {{pool}} may be used ({exc})") from None
+        return value
+
+
+class LeaderElectionConfig(_Model):
+    enabled: bool = False
+    lease_name: Name = "gpuburst-controller"
+    namespace: Name | None = None
+    """Default: the kubernetes namespace."""
+    identity: str | None = None
+    """Default: host name plus a random suffix."""
+    lease_duration_s: int = pydantic.Field(default=15, ge=2)
+    renew_deadline_s: float = pydantic.Field(default=10.0, gt=0)
+    retry_period_s: float = pydantic.Field(default=2.0, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _timing(self) -> LeaderElectionConfig:
+        if not self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "need retry_period_s < renew_deadline_s < lease_duration_s, or two replicas could act at once"
+            )
+        return self
+
+
+class StoreConfig(_Model):
+    path: Path = Path("gpuburst.db")
+    retention_days: float = pydantic.Field(
+        default=14.0, gt=0, description="decisions and audit rows older are pruned"
+    )
+
+
+class ApiConfig(_Model):
+    listen: str | None = "127.0.0.1:8080"
+    """host:port of the admin API; null turns it off."""
+    token_env: str | None = None
+    """Environment variable holding the bearer token of PUT/DELETE; unset: no check (keep it on loopback)."""
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        m = _LISTEN.match(value)
+        if m is None or not 0 <= int(m["port"]) <= 65535:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)")
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        m = _LISTEN.match(self.listen)
+        assert m is not None  # validated
+        return m["host"].strip("[]"), int(m["port"])
+
+
+class JobsConfig(_Model):
+    refresh_interval_s: float = pydantic.Field(
+        default=600.0, ge=0, description="pulumi refresh per pool; 0: off"
+    )
+    orphan_audit_interval_s: float = pydantic.Field(default=300.0, ge=0, description="0: off")
+    orphan_grace_s: float | None = pydantic.Field(default=None, gt=0)
+    """How long a node may be missing from the cluster before it is reported; default: the boot timeout."""
+    retention_interval_s: float = pydantic.Field(default=3600.0, gt=0)
+
+
+class Config(_Model):
+    workloads: list[WorkloadConfig] = pydantic.Field(min_length=1)
+    pools: list[PoolConfig] = pydantic.Field(min_length=1)
+    prometheus: prometheus_adapter.PrometheusConfig = pydantic.Field(
+        default_factory=prometheus_adapter.PrometheusConfig
+    )
+    """url, timeout_s, retries, max_age_s (the Prometheus adapter's own settings)."""
+    kubernetes: KubernetesConfig | None = None
+    """Required with pulumi pools; local pools are their own cluster."""
+    policy_file: Path | None = None
+    """A burst policy (policies/burst/*.yaml); default: policies/burst/default.yaml."""
+    store: StoreConfig = pydantic.Field(default_factory=StoreConfig)
+    tick_interval_s: float = pydantic.Field(default=15.0, ge=0.1)
+    api: ApiConfig = pydantic.Field(default_factory=ApiConfig)
+    leader_election: LeaderElectionConfig = pydantic.Field(default_factory=LeaderElectionConfig)
+    jobs: JobsConfig = pydantic.Field(default_factory=JobsConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> Config:
+        for what, names in (
+            ("workloads", [w.name for w in self.workloads]),
+            ("pools", [p.name for p in self.pools]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate name(s) {dupes}")
+        kinds = {p.adapter.kind for p in self.pools}
+        if len(kinds) > 1:
+            raise ValueError(
+                "pools: every pool uses one adapter kind (local pools are their own cluster; pulumi pools "
+                f"join the Kubernetes cluster); got {sorted(kinds)}"
+            )
+        if self.adapter_kind == "pulumi" and self.kubernetes is None:
+            raise ValueError("kubernetes: required with pulumi pools (the burst nodes join that cluster)")
+        both = sorted(
+            w.name for w in self.workloads if w.prometheus is not None and w.name in self.prometheus.workloads
+        )
+        if both:
+            raise ValueError(f"prometheus.workloads: {both} also set under workloads[].prometheus; keep one")
+        if self.leader_election.enabled and self.kubernetes is None:
+            raise ValueError("leader_election: needs a kubernetes section (the Lease lives in the cluster)")
+        return self
+
+    @property
+    def adapter_kind(self) -> str:
+        return self.pools[0].adapter.kind
+
+    def prometheus_adapter_config(self) -> prometheus_adapter.PrometheusConfig:
+        """The adapter's config with each workload's queries merged in."""
+        per_workload = {w.name: w.prometheus for w in self.workloads if w.prometheus is not None}
+        return self.prometheus.model_copy(update={"workloads": {**self.prometheus.workloads, **per_workload}})
+
+
+class Loaded:
+    """A validated config with its paths resolved and its burst policy loaded."""
+
+    def __init__(self, config: Config, *, source: Path, burst_policy: policy.BurstPolicy) -> None:
+        self.config = config
+        self.source = source
+        self.policy = burst_policy
+
+    def path(self, p: Path) -> Path:
+        """`p` relative to the config file's directory (absolute paths as they are)."""
+        return p if p.is_absolute() else (self.source.parent / p).resolve()
+
+    @property
+    def store_path(self) -> Path:
+        return self.path(self.config.store.path)
+
+    def setup(self) -> reconciler.Setup:
+        c = self.config
+        return reconciler.Setup(
+            workloads=tuple(w.spec() for w in c.workloads),
+            pools=tuple(p.spec() for p in c.pools),
+            policy=self.policy,
+        )
+
+    def api_token(self) -> str | None:
+        env = self.config.api.token_env
+        if env is None:
+            return None
+        token = os.environ.get(env, "")
+        if not token:
+            raise errors.UserError(
+                f"{self.source}: api.token_env: environment variable {env} is unset or empty"
+            )
+        return token
+
+
+def parse(data: Any, *, source: Path) -> Loaded:
+    """A Loaded config from already-parsed YAML; errors name `source` and the field path."""
+    if not isinstance(data, dict):
+        raise errors.UserError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise errors.UserError(f"{source}: {policy_file.describe(exc)}") from None
+    if config.policy_file is None:
+        burst_policy = policy_file.load()
+    else:
+        pf = config.policy_file if config.policy_file.is_absolute() else source.parent / config.policy_file
+        burst_policy = policy_file.load(pf.resolve())
+    _check_budget(config, burst_policy, source=source)
+    return Loaded(config, source=source, burst_policy=burst_policy)
+
+
+def load(path: str | Path) -> Loaded:
+    source = Path(path).resolve()
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise errors.UserError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise errors.UserError(f"{path}: not valid YAML: {exc}") from None
+    return parse(data, source=source)
+
+
+def _check_budget(config: Config, burst_policy: policy.BurstPolicy, *, source: Path) -> None:
+    """The budget must pay for the nodes `min_nodes` keeps, or the two rules contradict each other."""
+    budget = burst_policy.budget_usd_per_hour
+    if budget is None:
+        return
+    floor = sum(p.min_nodes * p.price_per_hour for p in config.pools)
+    if floor > budget + 1e-9:
+        raise errors.UserError(
+            f"{source}: pools: min_nodes cost {floor:.2f} USD/h, above the policy budget of "
+            f"{budget:.2f} USD/h ({config.policy_file or policy_file.DEFAULT})"
+        )

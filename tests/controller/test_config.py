@@ -1,0 +1,173 @@
+"""The controller config: the shipped examples load, and bad files fail naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller import config, errors
+from controller.core import model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _minimal(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "workloads": [
+            {"name": "face-compare", "gpu_rps": 25, "service_time_s": 0.06, "slo_s": 0.5, "private_gpus": 2}
+        ],
+        "pools": [
+            {
+                "name": "spot",
+                "gpus_per_node": 1,
+                "price_per_hour": 0.4,
+                "boot_s": 240,
+                "max_nodes": 4,
+                "adapter": {"kind": "pulumi"},
+            }
+        ],
+        "kubernetes": {},
+    }
+    data.update(overrides)
+    return data
+
+
+def _load(tmp_path: Path, data: Any) -> config.Loaded:
+    path = tmp_path / "controller.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return config.load(path)
+
+
+def test_the_shipped_examples_load() -> None:
+    aws = config.load(EXAMPLES / "aws.yaml")
+    assert [p.name for p in aws.setup().pools] == ["aws-g5-spot", "aws-g5-ondemand"]
+    assert aws.setup().pools[0] == model.PoolSpec(
+        "aws-g5-spot", gpus_per_node=1, price_per_hour=0.45, boot_s=240, max_nodes=8, spot=True
+    )
+    assert aws.config.leader_election.enabled and aws.config.api.address() == ("0.0.0.0", 8080)
+    assert aws.path(aws.config.pools[0].adapter.work_dir) == EXAMPLES.parent  # type: ignore[union-attr]
+    local = config.load(EXAMPLES / "local.yaml")
+    assert local.config.adapter_kind == "local" and local.config.kubernetes is None
+    assert local.policy.scale_down_stabilization_s == 60
+    assert local.store_path == EXAMPLES.parent / ".gpuburst" / "local.db"
+
+
+def test_defaults_fill_a_minimal_file(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, _minimal())
+    c = loaded.config
+    assert c.tick_interval_s == 15 and c.api.listen == "127.0.0.1:8080"
+    assert c.prometheus.url == "http://127.0.0.1:9090"
+    assert loaded.policy.name == "default"
+    assert loaded.store_path == tmp_path / "gpuburst.db"
+    queries = c.prometheus_adapter_config().queries("face-compare")
+    assert queries.selector == 'job="face-compare"'
+
+
+def test_a_workload_selector_reaches_the_prometheus_adapter(tmp_path: Path) -> None:
+    data = _minimal()
+    data["workloads"][0]["prometheus"] = {"selector": 'app="fc", placement!="x"', "window": "30s"}
+    q = _load(tmp_path, data).config.prometheus_adapter_config().queries("face-compare")
+    assert (q.selector, q.window) == ('app="fc", placement!="x"', "30s")
+    assert 'app="fc", placement!="x"' in q.render()["rate"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(tick_interval=5), "tick_interval: unknown field"),
+        (
+            lambda d: d["pools"][0].update(max_nodes=-1),
+            "pools.0.max_nodes: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda d: d["pools"][0].update(min_nodes=5),
+            "pools.0: Value error, min_nodes (5) is above max_nodes (4)",
+        ),
+        (
+            lambda d: d["pools"][0].update(name="Spot_1"),
+            "pools.0.name: Value error, 'Spot_1' is not a DNS label",
+        ),
+        (
+            lambda d: d["pools"][0]["adapter"].update(kind="gcp"),
+            "pools.0.adapter: Input tag 'gcp' found using 'kind'",
+        ),
+        (lambda d: d["pools"][0]["adapter"].update(stak="x"), "pools.0.adapter.pulumi.stak: unknown field"),
+        (lambda d: d["workloads"][0].pop("gpu_rps"), "workloads.0.gpu_rps: Field required"),
+        (
+            lambda d: d["workloads"][0].update(prometheus={"selector": "job=face"}),
+            "workloads.0.prometheus.selector: Value error, 'job=face' is not a list of PromQL label matchers",
+        ),
+        (lambda d: d.update(workloads=[]), "workloads: List should have at least 1 item"),
+        (lambda d: d.update(workloads=d["workloads"] * 2), "duplicate name(s) ['face-compare']"),
+        (lambda d: d.pop("kubernetes"), "kubernetes: required with pulumi pools"),
+        (lambda d: d.update(api={"listen": "8080"}), "api.listen: Value error, '8080' is not host:port"),
+        (lambda d: d.update(prometheus={"url": "prometheus:9090"}), "prometheus.url: Value error"),
+        (
+            lambda d: d.update(leader_election={"enabled": True, "renew_deadline_s": 20}),
+            "leader_election: Value error, need retry_period_s < renew_deadline_s < lease_duration_s",
+        ),
+        (
+            lambda d: d["pools"].append(
+                {
+                    "name": "lap",
+                    "gpus_per_node": 1,
+                    "price_per_hour": 0,
+                    "boot_s": 1,
+                    "max_nodes": 1,
+                    "adapter": {"kind": "local"},
+                }
+            ),
+            "pools: every pool uses one adapter kind",
+        ),
+    ],
+)
+def test_bad_fields_are_named_with_their_path(tmp_path: Path, mutate: Any, message: str) -> None:
+    data = _minimal()
+    mutate(data)
+    with pytest.raises(errors.UserError) as caught:
+        _load(tmp_path, data)
+    text = str(caught.value)
+    assert text.startswith(str(tmp_path / "controller.yaml") + ": ")
+    assert message in text
+
+
+def test_a_budget_that_cannot_pay_for_min_nodes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "tight.yaml").write_text("budget_usd_per_hour: 1.0\n")
+    data = _minimal(policy_file="tight.yaml")
+    data["pools"][0].update(min_nodes=3)
+    with pytest.raises(
+        errors.UserError, match=r"min_nodes cost 1\.20 USD/h, above the policy budget of 1\.00"
+    ):
+        _load(tmp_path, data)
+
+
+def test_the_policy_file_is_found_next_to_the_config_and_its_errors_name_it(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("target_utilization: 2\n")
+    with pytest.raises(errors.UserError, match=r"p\.yaml: target_utilization: Input should be less than"):
+        _load(tmp_path, _minimal(policy_file="p.yaml"))
+    with pytest.raises(errors.UserError, match=r"missing\.yaml: cannot read policy file"):
+        _load(tmp_path, _minimal(policy_file="missing.yaml"))
+
+
+def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(errors.UserError, match=r"nope\.yaml: cannot read config file"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workloads: [\n")
+    with pytest.raises(errors.UserError, match=r"bad\.yaml: not valid YAML"):
+        config.load(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(errors.UserError, match=r"bad\.yaml: a config is a mapping of sections, got list"):
+        config.load(bad)
+
+
+def test_the_api_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = _load(tmp_path, _minimal(api={"listen": "127.0.0.1:0", "token_env": "GB_TOKEN"}))
+    monkeypatch.delenv("GB_TOKEN", raising=False)
+    with pytest.raises(errors.UserError, match="api.token_env: environment variable GB_TOKEN is unset"):
+        loaded.api_token()
+    monkeypatch.setenv("GB_TOKEN", "t0k")
+    assert loaded.api_token() == "t0k"
