@@ -854,8 +854,8 @@ class Kube:
 
     # -- faults ---------------------------------------------------------------------------------------
     def fail(self, path: str, status: int = 500, *, method: str | None = None, times: int | None = 1) -> None:
-        """Answer requests whose path and query match the regex `path` with `status` (None: every time)."""
-        fault = _Fault(method, re.compile(path), status, times)
+        """Answer `times` requests (None: all) whose path and query, as sent, match the regex `path`."""
+        fault = _Fault(method.upper() if method else None, re.compile(path), status, times)
         self.run(lambda e: e.faults.append(fault))
 
     def interfere(
