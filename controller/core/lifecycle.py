@@ -45,7 +45,7 @@ def sync(
     """Advance every record from the parts of the world this tick managed to read.
 
     A part that could not be read (cluster or stacks None) moves nothing: absence of evidence is not
-    evidence that a node vanished.
+    evidence that a node vanished. Records released on the previous tick leave the table.
     """
     now = obs.at
     out: list[model.Transition] = []
@@ -53,8 +53,7 @@ def sync(
     cluster, pools = obs.cluster, obs.pools
     for name, rec in records.items():
         if rec.status is S.RELEASED:
-            new[name] = rec
-            continue
+            continue  # released last tick: the instance is gone and the audit log holds its history
         pool = pools.get(rec.pool) if pools is not None else None
         node = cluster.get(name) if cluster is not None else None
         new[name] = _advance(
