@@ -9,8 +9,9 @@ then dropped and new ones built, as a restarted process would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +20,7 @@ from controller.core import model
 from tests.support import fake_world
 
 S = model.NodeStatus
+T = TypeVar("T")
 
 BURST_S = 300.0  # demand high: 3 spot nodes launch, join (240 s) and serve
 CALM_S = 480.0  # demand gone: stabilization (300 s), cordon, scale down, drain, release
@@ -33,12 +35,12 @@ class Crash:
         self.after = after
         self.calls: list[str] = []
 
-    def around(self, what: str, effect: object) -> object:
+    def around(self, what: str, effect: Callable[[], T]) -> T:
         self.calls.append(what)
         hit = self.at is not None and len(self.calls) == self.at
         if hit and not self.after:
             raise SystemExit(f"crash before {what}")
-        result = effect() if callable(effect) else None
+        result = effect()
         if hit:
             raise SystemExit(f"crash after {what}")
         return result
@@ -56,7 +58,7 @@ class CrashingCluster:
         self.crash.around(f"cordon {node}", lambda: self.inner.cordon(node))
 
     def drain(self, node: str) -> int:
-        return int(self.crash.around(f"drain {node}", lambda: self.inner.drain(node)))  # type: ignore[call-overload]
+        return self.crash.around(f"drain {node}", lambda: self.inner.drain(node))
 
     def set_replicas(self, workload: str, pool: str, replicas: int) -> None:
         self.crash.around(
@@ -135,7 +137,7 @@ def test_a_crash_at_any_side_effect_converges_with_nothing_leaked(
             except AssertionError as exc:
                 raise AssertionError(
                     f"crash {'after' if after else 'before'} effect {n} ({effects[n - 1]}): {exc}"
-                )
+                ) from None
             finally:
                 w.close()
 
