@@ -73,6 +73,9 @@ class FakeInfra:
         """(time, event, node): launch, ready, notice, gone."""
         self._timers: list[tuple[float, int, str, str]] = []
         self._seq = 0
+        self.version = 0
+        """Bumped by every change the cluster can see; caches what cluster_nodes builds."""
+        self._nodes_cache: tuple[int, dict[str, model.ClusterNode]] | None = None
         self.gone: list[FakeInstance] = []
 
     # -- time ---------------------------------------------------------------------------------------
@@ -98,6 +101,7 @@ class FakeInfra:
             if inst is None or inst.gone_at is not None:
                 continue
             changed = True
+            self.version += 1
             if kind == "ready":
                 self.events.append((at, "ready", name))
                 self._place(inst.pool)
@@ -153,6 +157,7 @@ class FakeInfra:
         boot = spec.boot_s if boot_s is None else boot_s
         inst = FakeInstance(name, pool, spec.gpus_per_node, now, now + boot)
         self.instances[name] = inst
+        self.version += 1
         self.events.append((now, "launch", name))
         self._timer(inst.ready_at, "ready", name)
         life = self.lifetime(pool, self.launched[pool]) if self.lifetime and interruptible else None
@@ -171,6 +176,7 @@ class FakeInfra:
     def _remove(self, inst: FakeInstance, at: float, why: str) -> None:
         inst.gone_at = at
         inst.ended = why
+        self.version += 1
         inst.pods = 0
         del self.instances[inst.name]
         self.gone.append(inst)
@@ -206,8 +212,10 @@ class FakeInfra:
 
     def cluster_nodes(self) -> dict[str, model.ClusterNode]:
         self.advance()
+        if self._nodes_cache is not None and self._nodes_cache[0] == self.version:
+            return self._nodes_cache[1]
         now = self.clock.now()
-        return {
+        nodes = {
             i.name: model.ClusterNode(
                 name=i.name,
                 pool=i.pool,
@@ -219,6 +227,8 @@ class FakeInfra:
             for i in self.instances.values()
             if self.joined(i)
         }
+        self._nodes_cache = (self.version, nodes)
+        return nodes
 
     def set_replicas(self, workload: str, pool: str, replicas: int) -> None:
         if replicas < 0:
@@ -230,6 +240,7 @@ class FakeInfra:
         inst = self.instances.get(name)
         if inst is not None and not inst.cordoned:
             inst.cordoned = True
+            self.version += 1
             self._place(inst.pool)
 
     def evict(self, name: str) -> int:
@@ -251,6 +262,7 @@ class FakeInfra:
         sets), evicted pods are rescheduled on schedulable nodes, and pods beyond the schedulable GPUs
         stay pending.
         """
+        self.version += 1
         want = sum(n for (_, p), n in self.replicas.items() if p == pool)
         joined = sorted(
             (i for i in self.instances.values() if i.pool == pool and self.joined(i)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller import clock as clock_mod
@@ -92,6 +92,7 @@ class Reconciler:
         snap = self.store.load()
         setup = overridden(self.setup, snap.overrides)
         records, transitions = lifecycle.sync(snap.records, obs, timeouts=setup.timeouts)
+        synced_tally = lifecycle.tally(records.values())
         hold = ("operator hold" + (f": {snap.overrides.reason}" if snap.overrides.reason else ""),)
 
         inputs = policy.DecisionInputs(
@@ -100,8 +101,8 @@ class Reconciler:
             workloads=setup.workloads,
             metrics=obs.metrics,
             pools=setup.pools,
-            active=lifecycle.counts(records.values(), model.ACTIVE),
-            leaving=lifecycle.counts(records.values(), lifecycle.LEAVING),
+            active=lifecycle.of(synced_tally, model.ACTIVE),
+            leaving=lifecycle.of(synced_tally, lifecycle.LEAVING),
             unavailable=frozenset(
                 name
                 for name, st in (obs.pools or {}).items()
@@ -125,7 +126,7 @@ class Reconciler:
                 inputs=_inputs_summary(inputs),
                 policy_state=policy_state,
                 desired=plan.desired,
-                cost=self._accrue(snap.records, since=snap.accrued_until, now=now),
+                cost=self._accrue(lifecycle.tally(snap.records.values()), since=snap.accrued_until, now=now),
             )
             try:
                 self.store.commit(intent, expected_version=snap.version)
@@ -134,18 +135,20 @@ class Reconciler:
                 log.warning("commit failed, not acting", extra={"error": str(exc)})
             else:
                 acted = self._act(plan, obs, errors)
+        planned = lifecycle.tally(plan.records.values())
         report = model.TickReport(
             at=now,
             synced=obs.synced,
             decision=decision,
-            nodes=_status_counts(plan.records.values()),
+            nodes={
+                pool: {st.value: n for st, n in by.items() if st is not model.NodeStatus.RELEASED}
+                for pool, by in planned.items()
+            },
             transitions=all_transitions,
             acted=tuple(acted),
             errors=tuple(errors),
             duration_s=watch.elapsed(),
-            usd_per_hour=limits.usd_per_hour(
-                lifecycle.counts(plan.records.values(), model.BILLING), setup.pools
-            ),
+            usd_per_hour=limits.usd_per_hour(lifecycle.of(planned, model.BILLING), setup.pools),
         )
         self.last_report = report
         for observer in self.observers:
@@ -153,7 +156,7 @@ class Reconciler:
         return report
 
     def _accrue(
-        self, records: Mapping[str, model.NodeRecord], *, since: float | None, now: float
+        self, tallied: Mapping[str, Mapping[model.NodeStatus, int]], *, since: float | None, now: float
     ) -> dict[str, tuple[float, float]]:
         """Node-seconds and USD per pool since the last commit, for the cost ledger.
 
@@ -163,7 +166,7 @@ class Reconciler:
         if since is None:
             return {}
         dt = max(0.0, now - since)
-        billing = lifecycle.counts(records.values(), model.BILLING)
+        billing = lifecycle.of(tallied, model.BILLING)
         prices = {p.name: p.price_per_hour for p in self.setup.pools}
         return {pool: (n * dt, n * dt * prices.get(pool, 0.0) / 3600.0) for pool, n in billing.items() if n}
 
@@ -215,16 +218,6 @@ def overridden(setup: Setup, overrides: ports.Overrides) -> Setup:
     return dataclasses.replace(
         setup, pools=pools, policy=dataclasses.replace(setup.policy, budget_usd_per_hour=budget)
     )
-
-
-def _status_counts(records: Iterable[model.NodeRecord]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for rec in records:
-        if rec.status is model.NodeStatus.RELEASED:
-            continue
-        by_status = out.setdefault(rec.pool, {})
-        by_status[rec.status.value] = by_status.get(rec.status.value, 0) + 1
-    return out
 
 
 def _inputs_summary(inputs: policy.DecisionInputs) -> dict[str, object]:

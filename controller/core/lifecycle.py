@@ -141,6 +141,22 @@ def counts(records: Iterable[model.NodeRecord], statuses: frozenset[model.NodeSt
     return out
 
 
+def tally(records: Iterable[model.NodeRecord]) -> dict[str, dict[model.NodeStatus, int]]:
+    """Nodes per pool and status (released ones included), in one pass."""
+    out: dict[str, dict[model.NodeStatus, int]] = {}
+    for rec in records:
+        by_status = out.setdefault(rec.pool, {})
+        by_status[rec.status] = by_status.get(rec.status, 0) + 1
+    return out
+
+
+def of(
+    tallied: Mapping[str, Mapping[model.NodeStatus, int]], statuses: frozenset[model.NodeStatus]
+) -> dict[str, int]:
+    """Per-pool totals over `statuses` from a tally."""
+    return {pool: sum(n for st, n in by.items() if st in statuses) for pool, by in tallied.items()}
+
+
 LEAVING = model.BILLING - model.ACTIVE
 
 
