@@ -45,7 +45,9 @@ class FluidQueue:
             return
         if capacity_rps <= 0:
             self.dropped += arrivals
-            self.last_concurrency = q
+            # With nothing to serve them, arrivals wait at the front door (Knative's activator holds
+            # them while it asks for a replica): that is the concurrency a scale-from-zero sees.
+            self.last_concurrency = q + arrivals
             return
         self._slow_step(arrivals, capacity_rps)
 
