@@ -124,14 +124,9 @@ def test_sigterm_drains_in_flight_and_queued_requests_then_exits_zero(
     assert all(line.get("pool") == "lifecycle-pool" for line in log_lines(log))
 
 
-def test_sigterm_when_idle_exits_zero_promptly(model_path: Path, tmp_path: Path) -> None:
-    with serve(model_path, tmp_path) as (process, url, _):
-        wait_ready(url, process)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-
-
-def test_warm_up_runs_every_batch_shape_before_ready(model_path: Path, tmp_path: Path) -> None:
+def test_warm_up_runs_every_batch_shape_before_ready_and_an_idle_sigterm_exits_zero(
+    model_path: Path, tmp_path: Path
+) -> None:
     with serve(model_path, tmp_path, "--max-batch-size", "16") as (process, url, log):
         wait_ready(url, process)
         process.send_signal(signal.SIGTERM)

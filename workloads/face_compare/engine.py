@@ -87,6 +87,7 @@ class Engine:
         device: str = "auto",
         tensorrt: bool = False,
         intra_op_threads: int = 0,
+        cpu_spinning: bool = False,
         max_batch_size: int = 32,
     ) -> Engine:
         """Open ``path`` on ``device``: ``cuda`` fails unless a GPU provider really runs it; ``auto``
@@ -101,6 +102,9 @@ class Engine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
+        # Spinning threads wait for work by burning their core; next to an event loop and decode
+        # threads on a few cores they steal the time those need, and stragglers stall every operator.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if cpu_spinning else "0")
         options.log_severity_level = 3
         # Probe the input on the CPU provider first: TensorRT needs its name and shape for its profile.
         probe = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])

@@ -57,6 +57,7 @@ def load_engine(settings: Settings) -> Engine:
         device=settings.device,
         tensorrt=settings.tensorrt,
         intra_op_threads=settings.intra_op_threads,
+        cpu_spinning=settings.cpu_spinning,
         max_batch_size=settings.max_batch_size,
     )
 

@@ -27,6 +27,7 @@ class Settings(BaseModel):
     device: Device = "auto"
     tensorrt: bool = Field(False, description="put the TensorRT provider before CUDA (GPU only)")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime CPU threads; 0: its default")
+    cpu_spinning: bool = Field(False, description="let onnxruntime's CPU threads spin while waiting")
     instances: int = Field(1, ge=1, le=8, description="model instances executing batches concurrently")
     input_mean: float = 127.5
     input_std: float = 127.5
