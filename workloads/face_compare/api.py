@@ -350,7 +350,7 @@ def create_app(service: FaceCompareService) -> FastAPI:
 
 
 def _wrap(app: FastAPI, service: FaceCompareService) -> FastAPI:
-    # Outermost, so that refused requests never reach FastAPI's body parsing.
+    # Before routing and body parsing, so that refused requests never cost a JSON parse.
     app.add_middleware(Admission, service=service)
     return app
 
