@@ -176,6 +176,7 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
+        self._state_cache: tuple[int, policy.PolicyState] | None = None
         migrate(self._conn(), where=self.path)
 
     # -- connections --------------------------------------------------------------------------------
@@ -219,14 +220,21 @@ class SqliteStore:
             ).fetchone()
             records = {r.name: r for r in _node_rows(conn.execute(_NODES_SELECT))}
             overrides = self._overrides(conn)
-        try:
-            state = codec.decode(policy.PolicyState, json.loads(state_json))
-        except (ValueError, codec.DecodeError) as exc:
-            raise StoreError(f"{self.path}: stored policy state does not decode: {exc}") from None
+        cached = self._state_cache
+        if cached is not None and cached[0] == version:
+            # This store wrote that version itself: skip decoding what may be a large state again.
+            state = cached[1]
+        else:
+            try:
+                state = codec.loads(policy.PolicyState, state_json)
+            except (ValueError, codec.DecodeError) as exc:
+                raise StoreError(f"{self.path}: stored policy state does not decode: {exc}") from None
+            self._state_cache = (version, state)
         return ports.Snapshot(int(version), records, state, at, overrides)
 
     def commit(self, intent: ports.Intent, *, expected_version: int) -> int:
         """Records, policy state, decision, transitions and cost of one tick, all or nothing."""
+        state_json = codec.dumps(intent.policy_state)
         with self._write() as conn:
             (version,) = conn.execute("SELECT version FROM controller_state WHERE id = 1").fetchone()
             if version != expected_version:
@@ -249,7 +257,7 @@ class SqliteStore:
             )
             conn.execute(
                 "UPDATE controller_state SET version = ?, at = ?, policy_state = ? WHERE id = 1",
-                (new, intent.at, _dumps(intent.policy_state)),
+                (new, intent.at, state_json),
             )
             conn.execute(
                 "INSERT INTO decisions (version, at, action, decision, inputs, desired) "
@@ -278,6 +286,7 @@ class SqliteStore:
                      node_seconds = node_seconds + excluded.node_seconds, usd = usd + excluded.usd""",
                 [(pool, hour, s, usd) for pool, (s, usd) in sorted(intent.cost.items()) if s or usd],
             )
+        self._state_cache = (new, intent.policy_state)
         return int(new)
 
     # -- overrides ----------------------------------------------------------------------------------
@@ -289,7 +298,7 @@ class SqliteStore:
         row = conn.execute("SELECT data FROM overrides WHERE id = 1").fetchone()
         if row is None:
             return ports.Overrides()
-        return codec.decode(ports.Overrides, json.loads(row[0]))
+        return codec.loads(ports.Overrides, row[0])
 
     def set_overrides(self, overrides: ports.Overrides, *, at: float, by: str = "") -> None:
         """Replace the overrides (the next tick applies them) and audit the change.
@@ -429,4 +438,4 @@ def _node_rows(rows: Iterable[Sequence[Any]]) -> list[model.NodeRecord]:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(codec.encode(value), separators=(",", ":"), allow_nan=False)
+    return codec.dumps(value)

@@ -90,35 +90,38 @@ def test_a_failing_check_makes_it_unready_and_says_which(h: Harness) -> None:
 
 def test_metrics_are_served_in_the_exposition_format(h: Harness) -> None:
     h.world.metrics.set("face", 200.0)
-    h.tick()
+    report = h.tick()
     r = h.http.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in parser.text_string_to_metric_families(r.text)}
     (sample,) = [s for s in families["gpuburst_target_nodes"].samples if s.labels["pool"] == "spot"]
-    assert sample.value == 8
+    assert sample.value == report.decision.target_nodes["spot"] > 0
 
 
 def test_status_nodes_decisions_and_ledger_reflect_the_ticks(h: Harness) -> None:
     assert h.http.get("/v1/status").json()["report"] is None
-    h.world.metrics.set("face", 100.0)  # 3 spot nodes
+    h.world.metrics.set("face", 100.0)  # a few spot nodes
     for _ in range(3):
-        h.tick(15)
+        report = h.tick(15)
     status = h.http.get("/v1/status").json()
     assert status["leader"] is True and status["store_version"] == 3
-    assert status["report"]["decision"]["target_nodes"] == {"spot": 3, "ondemand": 0}
-    assert status["report"]["nodes"] == {"spot": {"provisioning": 3}}
+    assert status["report"]["decision"]["target_nodes"] == dict(report.decision.target_nodes)
+    n = sum(report.nodes["spot"].values())
+    assert n > 0 and status["report"]["nodes"] == {"spot": dict(report.nodes["spot"])}
 
     nodes = h.http.get("/v1/nodes").json()
-    assert len(nodes) == 3 and {n["status"] for n in nodes} == {"provisioning"}
+    assert len(nodes) == n and {x["pool"] for x in nodes} == {"spot"}
 
     decisions = h.http.get("/v1/decisions", params={"limit": 2}).json()
     assert [d["version"] for d in decisions] == [3, 2]
-    assert decisions[0]["decision"]["reasons"][0].startswith("face: 100.0 req/s")
+    assert decisions[0]["decision"]["reasons"] == list(report.decision.reasons)
     assert decisions[0]["inputs"]["metrics"]["face"]["rate_rps"] == 100.0
 
     ledger = h.http.get("/v1/ledger").json()
-    assert ledger["pools"]["spot"]["node_seconds"] == pytest.approx(3 * 30)
-    assert ledger["total_usd"] == pytest.approx(3 * 30 * 0.4 / 3600)
+    billed = h.world.billed_node_seconds("spot")
+    assert billed > 0
+    assert ledger["pools"]["spot"]["node_seconds"] == pytest.approx(billed)
+    assert ledger["total_usd"] == pytest.approx(billed * 0.4 / 3600)
 
     audit = h.http.get("/v1/audit", params={"kind": "transition"}).json()
     assert {a["after"] for a in audit} == {"requested", "provisioning"}
@@ -150,13 +153,14 @@ def test_bad_overrides_are_refused_with_what_and_where(h: Harness, payload: obje
 def test_a_hold_override_is_persisted_and_holds_the_next_tick(h: Harness) -> None:
     h.world.metrics.set("face", 100.0)
     h.tick()
+    running = set(h.world.infra.instances)
     r = h.http.put("/v1/overrides", json={"hold": True, "reason": "incident 7"})
     assert r.status_code == 200 and r.json()["hold"] is True
     h.world.metrics.set("face", 300.0)
     report = h.tick(15)
     assert report.decision.action is model.Action.HOLD
     assert report.decision.reasons == ("hold: operator hold: incident 7",)
-    assert len(h.world.infra.instances) == 3
+    assert set(h.world.infra.instances) == running
     assert h.http.get("/v1/status").json()["overrides"]["hold"] is True
     assert h.http.delete("/v1/overrides").json()["hold"] is False
     assert h.tick(15).decision.action is model.Action.SCALE_UP

@@ -22,8 +22,8 @@ from tests.support import fake_world
 S = model.NodeStatus
 T = TypeVar("T")
 
-BURST_S = 300.0  # demand high: 3 spot nodes launch, join (240 s) and serve
-CALM_S = 480.0  # demand gone: stabilization (300 s), cordon, scale down, drain, release
+BURST_S = 300.0  # demand high: spot nodes launch, join (240 s) and serve
+CALM_MAX_S = 3600.0  # demand gone: stabilization, cordon, scale down, drain, release; then the table empties
 TICK_S = 30.0
 
 
@@ -80,24 +80,32 @@ class CrashingCapacity:
 
 
 def _scenario(db: Path, crash: Crash, *, apply_delay_s: float) -> tuple[fake_world.World, int]:
-    """Burst (100 req/s: 3 spot nodes) then calm, restarting after a crash; returns the world and the
-    number of restarts."""
+    """Burst (100 req/s: a few spot nodes) then calm until every node is gone (at most an hour),
+    restarting after a crash; returns the world and the number of restarts."""
     w = fake_world.World(db, apply_delay_s=apply_delay_s)
     fake_cluster, fake_capacity = w.cluster, w.capacity
     w.cluster = CrashingCluster(fake_cluster, crash)
     w.capacity = CrashingCapacity(fake_capacity, crash)
     w.restart()
     restarts = 0
-    start = w.clock.now()
-    for phase_end, rps in ((start + BURST_S, 100.0), (start + BURST_S + CALM_S, 0.0)):
-        w.metrics.set("face", rps)
-        while w.clock.now() < phase_end:
-            try:
-                w.rec.tick()
-            except SystemExit:
-                restarts += 1
-                w.restart()  # a new process: new Reconciler, new store connection, same world and file
-            w.clock.advance(TICK_S)
+
+    def tick() -> None:
+        nonlocal restarts
+        try:
+            w.rec.tick()
+        except SystemExit:
+            restarts += 1
+            w.restart()  # a new process: new Reconciler, new store connection, same world and file
+        w.clock.advance(TICK_S)
+
+    w.metrics.set("face", 100.0)
+    end = w.clock.now() + BURST_S
+    while w.clock.now() < end:
+        tick()
+    w.metrics.set("face", 0.0)
+    end = w.clock.now() + CALM_MAX_S
+    while w.clock.now() < end and (w.infra.instances or w.statuses()):
+        tick()
     return w, restarts
 
 
@@ -110,10 +118,10 @@ def _count_effects(tmp_path: Path, *, apply_delay_s: float) -> list[str]:
 
 def _assert_converged(w: fake_world.World) -> None:
     assert w.infra.instances == {}, "a node leaked: still running after the release"
-    assert all(s == "released" for s in w.statuses().values())
+    assert w.statuses() == {}, "every record released and gone from the table"
     launches = [name for _, ev, name in w.infra.events if ev == "launch"]
+    assert launches, "the burst launched nodes"
     assert len(launches) == len(set(launches)), "a node was created twice"
-    assert len(launches) == 3, f"expected the 3 nodes of the burst, launched {launches}"
     assert w.infra.submitted.get("spot") == ()
 
 
@@ -161,7 +169,7 @@ def test_a_crash_between_commit_and_act_redoes_the_committed_intent(tmp_path: Pa
 
 def test_the_ledger_neither_loses_nor_double_counts_the_downtime(tmp_path: Path) -> None:
     w = fake_world.World(tmp_path / "db.sqlite")
-    w.metrics.set("face", 100.0)  # 3 spot nodes, billed from their request on
+    w.metrics.set("face", 100.0)  # a few spot nodes, billed from their request on
     w.run(300)
     w.close()
     w.clock.advance(600)  # the controller is down for 10 minutes; the nodes keep billing
@@ -169,8 +177,9 @@ def test_the_ledger_neither_loses_nor_double_counts_the_downtime(tmp_path: Path)
     w.run(285)
     sqlite = w.store
     assert isinstance(sqlite, store.SqliteStore)
+    nodes = sum(w.reports[-1].nodes["spot"].values())
     (seconds, usd) = sqlite.ledger()["spot"]
-    elapsed = 300 + 600 + 285
-    assert seconds == pytest.approx(3 * elapsed)
-    assert usd == pytest.approx(3 * elapsed * 0.4 / 3600)
+    assert seconds == pytest.approx(w.billed_node_seconds("spot"))
+    assert seconds >= nodes * 600, "the downtime is billed"
+    assert usd == pytest.approx(seconds * 0.4 / 3600)
     w.close()

@@ -77,7 +77,7 @@ def test_a_replica_that_does_not_lead_neither_ticks_nor_writes(world: fake_world
     elector.leading = True
     report = j.reconcile()
     assert report is not None and report.decision.action is model.Action.SCALE_UP
-    assert len(world.infra.instances) == 8
+    assert len(world.infra.instances) == report.decision.target_nodes["spot"] > 0
     assert _gauge(tel, telemetry.LEADER) == 1
     j.refresh()
     assert refreshed == [1]
@@ -107,7 +107,10 @@ def test_two_replicas_with_the_real_lease_elector_take_turns(tmp_path: Path) -> 
         )
         assert a.leader() is True
         assert b.leader() is False
-        assert a.reconcile() is not None and b.reconcile() is None
+        first = a.reconcile()
+        assert first is not None and b.reconcile() is None
+        launched = set(w.infra.instances)
+        assert launched and len(launched) == first.decision.target_nodes["spot"]
         assert w.store.load().version == 1 and b_store.load().version == 0
 
         # `a` stops renewing (hung or partitioned): it stops acting at its renew deadline, and `b`
@@ -119,9 +122,10 @@ def test_two_replicas_with_the_real_lease_elector_take_turns(tmp_path: Path) -> 
         assert b.leader() is True
         report = b.reconcile()
         assert report is not None
-        # b's store was empty: it adopts the three instances from the stack instead of launching more.
-        assert {r.status for r in b_store.load().records.values()} == {S.PROVISIONING}
-        assert len(w.infra.instances) == 3
+        # b's store was empty: it adopts a's instances from the stack instead of launching its own.
+        adopted = {n for n, r in b_store.load().records.items() if r.status is S.PROVISIONING}
+        assert launched <= adopted
+        assert launched <= set(w.infra.instances)
         b.shutdown()
         lease = k.get("leases", "gpuburst-controller")
         assert lease is not None and lease["spec"].get("holderIdentity") in (None, "")
@@ -195,7 +199,7 @@ def test_first_tick_runs_on_start_and_failures_do_not_stop_the_schedule(world: f
     j = _jobs(world, scheduler=aps_background.BackgroundScheduler())
     report = j.start()
     try:
-        assert report is not None and report.decision.target_nodes["spot"] == 3
+        assert report is not None and report.decision.target_nodes["spot"] > 0
         world.store.close()  # type: ignore[attr-defined]
         world.rec.store = _Broken()
         assert j.reconcile() is None  # logged, not raised
@@ -301,33 +305,36 @@ def test_the_audit_reports_what_appears_and_clears_and_deletes_nothing(world: fa
         record=sqlite.record,
     )
     j = _jobs(world, audit=audit.run)
-    world.metrics.set("face", 60.0)  # 3 GPUs, 2 private -> 1 spot node
+    world.metrics.set("face", 60.0)  # above the 2 private GPUs: some spot nodes
     world.run(0)
-    (node,) = world.infra.instances
-    world.infra.instances[node].joins = False  # it boots but never joins (a bad join token)
+    nodes = set(world.infra.instances)
+    assert nodes
+    for node in nodes:
+        world.infra.instances[node].joins = False  # they boot but never join (a bad join token)
     world.run(300)
     assert j.orphan_audit() == ()
 
     cluster.extra["spot-by-hand"] = model.ClusterNode("spot-by-hand", "spot", ready=True)
-    world.run(400)  # the node has been missing 700 s: past the grace, before the boot timeout (900 s)
+    world.run(400)  # the nodes have been missing 700 s: past the grace, before the boot timeout (900 s)
+    nodes = {n for n, status in world.statuses().items() if n in nodes and status == "provisioning"}
+    assert nodes, "some of them are still wanted"
     found = j.orphan_audit()
     assert isinstance(found, tuple)
-    assert {(o.kind, o.node) for o in found} == {
-        (orphans.CLOUD_NOT_IN_CLUSTER, node),
-        (orphans.CLUSTER_NOT_IN_STACK, "spot-by-hand"),
+    assert {(o.kind, o.node) for o in found} == {(orphans.CLOUD_NOT_IN_CLUSTER, n) for n in nodes} | {
+        (orphans.CLUSTER_NOT_IN_STACK, "spot-by-hand")
     }
-    assert _orphan_gauges(tel) == {orphans.CLOUD_NOT_IN_CLUSTER: 1, orphans.CLUSTER_NOT_IN_STACK: 1}
+    assert _orphan_gauges(tel) == {orphans.CLOUD_NOT_IN_CLUSTER: len(nodes), orphans.CLUSTER_NOT_IN_STACK: 1}
     j.orphan_audit()
-    assert len(sqlite.audit(kind="orphan")) == 2, "an orphan is recorded when it appears, not every run"
-    assert node in world.infra.instances, "the audit never deletes"
+    assert len(sqlite.audit(kind="orphan")) == len(nodes) + 1, "recorded when it appears, not every run"
+    assert nodes <= set(world.infra.instances), "the audit never deletes"
 
-    world.run(300)  # the lifecycle's boot timeout fails the node and releases it
-    assert world.statuses().get(node, "released") == "released" and node not in world.infra.instances
+    world.run(300)  # the lifecycle's boot timeout fails the nodes and releases them
+    assert not nodes & set(world.infra.instances)
     found = j.orphan_audit()
     assert isinstance(found, tuple)
     assert {(o.kind, o.node) for o in found} == {(orphans.CLUSTER_NOT_IN_STACK, "spot-by-hand")}
-    (cleared,) = sqlite.audit(kind="orphan_resolved")
-    assert (cleared.node, cleared.detail) == (node, orphans.CLOUD_NOT_IN_CLUSTER)
+    cleared = sqlite.audit(kind="orphan_resolved")
+    assert {(c.node, c.detail) for c in cleared} == {(n, orphans.CLOUD_NOT_IN_CLUSTER) for n in nodes}
     assert _orphan_gauges(tel)[orphans.CLOUD_NOT_IN_CLUSTER] == 0
 
 

@@ -47,7 +47,7 @@ def _intent(
         transitions=transitions,
         decision=_decision(at),
         inputs=inputs if inputs is not None else {"synced": True, "metrics": {"face": {"rate_rps": 80.0}}},
-        policy_state=state or policy.PolicyState(((at, 2),)),
+        policy_state=state or policy.PolicyState(recommendations=((at, 2),)),
         desired={"spot": tuple(sorted(records))},
         cost=cost or {},
     )
@@ -76,7 +76,7 @@ def test_an_empty_database_loads_as_version_zero(db: store.SqliteStore) -> None:
 def test_commit_then_load_round_trips_the_intent(db: store.SqliteStore) -> None:
     recs = {"spot-1": _rec("spot-1"), "spot-2": model.NodeRecord("spot-2", "spot", S.READY, 90, 10, 90, "ok")}
     tr = (model.Transition(100.0, "spot-1", "spot", None, S.REQUESTED, "scale up"),)
-    state = policy.PolicyState(((85.0, 1), (100.0, 2)))
+    state = policy.PolicyState(recommendations=((85.0, 1), (100.0, 2)))
     v = db.commit(
         _intent(100.0, recs, transitions=tr, state=state, cost={"spot": (30.0, 0.01)}), expected_version=0
     )
@@ -201,7 +201,7 @@ def test_a_version_one_database_migrates_with_its_data(tmp_path: Path) -> None:
         snap = db.load()
         assert snap.version == 7
         assert snap.records["spot-1"].status is S.READY
-        assert snap.policy_state == policy.PolicyState(((7290.0, 3),))
+        assert snap.policy_state == policy.PolicyState(recommendations=((7290.0, 3),))
         assert db.ledger() == {"spot": (1200.0, 0.5)}
         assert db.ledger_hourly() == [("spot", 7200.0, 1200.0, 0.5)]
         assert db.overrides() == ports.Overrides()
@@ -227,18 +227,39 @@ def test_an_unopenable_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
 
 
 # -- the policy state codec -------------------------------------------------------------------------
-def test_policy_state_written_by_an_older_or_newer_controller_still_loads(db: store.SqliteStore) -> None:
-    db.commit(_intent(1.0, {}), expected_version=0)
-    with sqlite3.connect(db.path) as conn:
-        # A newer controller added a field this one does not know; an older one had no recommendations.
-        conn.execute(
-            "UPDATE controller_state SET policy_state = ?",
-            (json.dumps({"recommendations": [[1.0, 4]], "panic_until": 99.0}),),
+def test_policy_state_written_by_an_older_or_newer_controller_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    def written(state_json: str) -> policy.PolicyState:
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE controller_state SET version = version + 1, policy_state = ?", (state_json,))
+        reader = store.SqliteStore(path)  # the restarted (older or newer) controller
+        try:
+            return reader.load().policy_state
+        finally:
+            reader.close()
+
+    store.SqliteStore(path).close()
+    # A newer controller added a field this one does not know; an older one had no recommendations.
+    newer = json.dumps({"recommendations": [[1.0, 4]], "panic_until": 99.0})
+    assert written(newer) == policy.PolicyState(recommendations=((1.0, 4),))
+    assert written("{}") == policy.PolicyState()
+
+
+def test_a_state_another_writer_committed_is_read_not_served_from_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    one, two = store.SqliteStore(path), store.SqliteStore(path)
+    try:
+        one.commit(
+            _intent(1.0, {}, state=policy.PolicyState(recommendations=((1.0, 1),))), expected_version=0
         )
-    assert db.load().policy_state == policy.PolicyState(((1.0, 4),))
-    with sqlite3.connect(db.path) as conn:
-        conn.execute("UPDATE controller_state SET policy_state = '{}'")
-    assert db.load().policy_state == policy.PolicyState()
+        two.commit(
+            _intent(2.0, {}, state=policy.PolicyState(recommendations=((2.0, 2),))), expected_version=1
+        )
+        assert one.load().policy_state.recommendations == ((2.0, 2),)
+    finally:
+        one.close()
+        two.close()
 
 
 def test_undecodable_policy_state_is_an_error_not_a_silent_reset(db: store.SqliteStore) -> None:

