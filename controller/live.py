@@ -1,0 +1,466 @@
+"""`gpuburst run --config FILE` and `gpuburst demo`: the live controller, assembled from its config.
+
+`build` wires the adapters named in the config (Prometheus, Kubernetes or local workers, Pulumi or local
+capacity) to the reconciler, the SQLite store, telemetry, the admin API and the scheduled jobs; `run`
+starts them and waits for SIGTERM. `--once` runs one tick and prints its TickReport as JSON (exit 0
+even when it holds); `--dry-run` decides and reports without committing or acting, and takes no part in
+leader election. The demo itself lives in `controller.demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from controller import api, codec, errors, jobs, logs, orphans, ports, reconciler, store, telemetry
+from controller import clock as clock_mod
+from controller import config as config_mod
+from controller.adapters import kube as kube_adapter
+from controller.adapters import local as local_adapter
+from controller.adapters import prometheus as prometheus_adapter
+from controller.adapters import pulumi_stack
+from controller.core import model
+
+log = logs.get("live")
+
+# How long `--once` waits for the applies its tick started before it reports anyway.
+ONCE_APPLY_WAIT_S = 1800.0
+
+
+# -- routing several per-pool adapters behind one port -------------------------------------------------
+class PoolRouter:
+    """The Capacity port over adapters that each own some pools (pools grouped by adapter settings)."""
+
+    def __init__(self, by_pool: Mapping[str, ports.Capacity]) -> None:
+        self.by_pool = dict(by_pool)
+
+    def state(self, pool: str) -> model.PoolState:
+        return self._of(pool).state(pool)
+
+    def submit(self, pool: str, nodes: tuple[str, ...]) -> None:
+        self._of(pool).submit(pool, nodes)
+
+    def _of(self, pool: str) -> ports.Capacity:
+        try:
+            return self.by_pool[pool]
+        except KeyError:
+            raise KeyError(f"unknown pool {pool!r} (pools: {sorted(self.by_pool)})") from None
+
+
+class LocalCluster:
+    """The Cluster port over the local pools' worker tables (each worker is its own node)."""
+
+    def __init__(self, by_pool: Mapping[str, local_adapter.LocalPool]) -> None:
+        self.by_pool = dict(by_pool)
+        self.adapters = list({id(a): a for a in by_pool.values()}.values())
+
+    def burst_nodes(self) -> Mapping[str, model.ClusterNode]:
+        out: dict[str, model.ClusterNode] = {}
+        for adapter in self.adapters:
+            out.update(adapter.burst_nodes())
+        return out
+
+    def cordon(self, node: str) -> None:
+        for adapter in self.adapters:  # a node unknown to an adapter is a no-op there
+            adapter.cordon(node)
+
+    def drain(self, node: str) -> int:
+        return sum(adapter.drain(node) for adapter in self.adapters)
+
+    def set_replicas(self, workload: str, pool: str, replicas: int) -> None:
+        self.by_pool[pool].set_replicas(workload, pool, replicas)
+
+
+# -- the assembled controller ----------------------------------------------------------------------------
+@dataclass
+class Controller:
+    loaded: config_mod.Loaded
+    setup: reconciler.Setup
+    clock: ports.Clock
+    store: store.SqliteStore
+    telemetry: telemetry.Telemetry
+    metrics: ports.MetricSource
+    cluster: ports.Cluster
+    capacity: ports.Capacity
+    reconciler: reconciler.Reconciler
+    jobs: jobs.Jobs
+    checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+    elector: kube_adapter.LeaseElector | None = None
+    pulumi: list[pulumi_stack.PulumiCapacity] = field(default_factory=list)
+    local: list[local_adapter.LocalPool] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    server: api.Server | None = None
+
+    def api_context(self) -> api.Context:
+        return api.Context(
+            store=self.store,
+            telemetry=self.telemetry,
+            clock=self.clock,
+            pools=tuple(p.name for p in self.setup.pools),
+            tick_interval_s=self.loaded.config.tick_interval_s,
+            last_report=lambda: self.reconciler.last_report,
+            leading=self.jobs.leading,
+            checks=self.checks,
+            token=self.loaded.api_token(),
+        )
+
+    def start_api(self) -> api.Server | None:
+        address = self.loaded.config.api.address()
+        if address is None:
+            return None
+        host, port = address
+        self.server = api.Server(api.create_app(self.api_context()), host=host, port=port).start()
+        return self.server
+
+    def wait_for_applies(self, *, timeout_s: float) -> bool:
+        """Block until every pool's latest node set has an outcome (pulumi pools; others are synchronous)."""
+        settled = True
+        for capacity in self.pulumi:
+            for pool in capacity.pools:
+                settled = capacity.wait_settled(pool, timeout_s=timeout_s) and settled
+        return settled
+
+    def close(self) -> None:
+        """Stop everything this controller started, in reverse order; each step is attempted."""
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("shutdown step failed")
+        self.closers.clear()
+
+
+def build(
+    loaded: config_mod.Loaded,
+    *,
+    dry_run: bool = False,
+    clock: ports.Clock | None = None,
+    pulumi_command: auto.PulumiCommand | None = None,
+    metrics: ports.MetricSource | None = None,
+    scheduler: Any = None,
+) -> Controller:
+    """Every part of a live controller, not yet started. Raises UserError naming what is misconfigured.
+
+    `pulumi_command` and `metrics` let tests put a scripted CLI or a fake source in; the rest is built
+    exactly as in production.
+    """
+    cfg = loaded.config
+    clock = clock or clock_mod.SystemClock()
+    setup = loaded.setup()
+    closers: list[Callable[[], None]] = []
+    try:
+        db = store.SqliteStore(loaded.store_path)
+        closers.append(db.close)
+
+        def budget() -> float | None:
+            return reconciler.overridden(setup, db.overrides()).policy.budget_usd_per_hour
+
+        tel = telemetry.Telemetry(
+            workloads=setup.workloads, pools=setup.pools, ledger=db.ledger, budget=budget
+        )
+        checks: dict[str, Callable[[], str | None]] = {}
+        if metrics is None:
+            source = prometheus_adapter.PrometheusSource(cfg.prometheus_adapter_config())
+            closers.append(source.close)
+            checks["prometheus"] = lambda: _prometheus_problem(source)
+            metrics = source
+        metered = telemetry.MeteredMetricSource(metrics, tel)
+
+        pulumi: list[pulumi_stack.PulumiCapacity] = []
+        local: list[local_adapter.LocalPool] = []
+        elector: kube_adapter.LeaseElector | None = None
+        cluster: ports.Cluster
+        capacity: ports.Capacity
+        if cfg.adapter_kind == "local":
+            by_pool = _local_pools(loaded, clock=clock)
+            local = list({id(a): a for a in by_pool.values()}.values())
+            closers.extend(a.close for a in local)
+            cluster = LocalCluster(by_pool)
+            capacity = PoolRouter(by_pool)
+        else:
+            assert cfg.kubernetes is not None  # validated with pulumi pools
+            k = cfg.kubernetes
+            client = kube_adapter.api_client(
+                host=k.host,
+                kubeconfig=str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None,
+                context=k.context,
+            )
+            closers.append(client.close)
+            cluster = kube_adapter.KubeCluster(
+                client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
+            )
+            by_pulumi = _pulumi_pools(loaded, clock=clock, tel=tel, command=pulumi_command)
+            pulumi = list({id(a): a for a in by_pulumi.values()}.values())
+            closers.extend(a.close for a in pulumi)
+            capacity = PoolRouter(by_pulumi)
+            le = cfg.leader_election
+            if le.enabled and not dry_run:
+                elector = kube_adapter.LeaseElector(
+                    client,
+                    le.identity or kube_adapter.default_identity(),
+                    clock=clock,
+                    name=le.lease_name,
+                    namespace=le.namespace or k.namespace,
+                    lease_duration_s=le.lease_duration_s,
+                    renew_deadline_s=le.renew_deadline_s,
+                )
+
+        observers: list[Callable[[model.TickReport], None]] = [tel.observe]
+        if not dry_run:
+            observers.append(_safely(db.record_report, "audit of the tick's actions"))
+        rec = reconciler.Reconciler(
+            setup,
+            clock=clock,
+            metrics=metered,
+            cluster=cluster,
+            capacity=capacity,
+            store=db,
+            observers=observers,
+            dry_run=dry_run,
+        )
+        audit = orphans.OrphanAudit(
+            [p.name for p in setup.pools],
+            cluster=cluster,
+            capacity=capacity,
+            store=db,
+            clock=clock,
+            telemetry=tel,
+            grace_s=cfg.jobs.orphan_grace_s or setup.policy.boot_timeout_s,
+            record=None if dry_run else db.record,
+        )
+        j = jobs.Jobs(
+            rec,
+            clock=clock,
+            intervals=jobs.Intervals(
+                tick_s=cfg.tick_interval_s,
+                leader_s=cfg.leader_election.retry_period_s,
+                refresh_s=cfg.jobs.refresh_interval_s,
+                orphan_audit_s=cfg.jobs.orphan_audit_interval_s,
+                retention_s=cfg.jobs.retention_interval_s,
+            ),
+            retention_age_s=cfg.store.retention_days * 86400.0,
+            # A dry run writes nothing: no refresh (it rewrites stack state), no pruning.
+            prune=None if dry_run else (lambda before: db.prune(before=before)),
+            refresh=None if dry_run or not pulumi else (lambda: _refresh_all(pulumi)),
+            audit=audit.run,
+            elector=elector,
+            tel=tel,
+            scheduler=scheduler,
+        )
+        if elector is None:
+            tel.set_leader(not dry_run)
+    except BaseException:
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("cleanup after a failed start failed")
+        raise
+    return Controller(
+        loaded=loaded,
+        setup=setup,
+        clock=clock,
+        store=db,
+        telemetry=tel,
+        metrics=metered,
+        cluster=cluster,
+        capacity=capacity,
+        reconciler=rec,
+        jobs=j,
+        checks=checks,
+        elector=elector,
+        pulumi=pulumi,
+        local=local,
+        closers=closers,
+    )
+
+
+def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:
+    def observer(report: model.TickReport) -> None:
+        try:
+            fn(report)
+        except Exception as exc:  # an observer must not turn a good tick into a failed one
+            log.warning(f"{what} failed", extra={"error": str(exc)})
+
+    return observer
+
+
+def _prometheus_problem(source: prometheus_adapter.PrometheusSource) -> str | None:
+    health = source.health()
+    if not health.reachable:
+        return f"unreachable: {health.error}"
+    if not health.ready:
+        return "not ready (replaying its WAL?)"
+    return None
+
+
+def _local_pools(loaded: config_mod.Loaded, *, clock: ports.Clock) -> dict[str, local_adapter.LocalPool]:
+    """One LocalPool per distinct adapter setting, shared by the pools that have it."""
+    groups: dict[str, tuple[config_mod.LocalAdapterConfig, list[str]]] = {}
+    for pool in loaded.config.pools:
+        adapter = pool.adapter
+        assert isinstance(adapter, config_mod.LocalAdapterConfig)
+        key = adapter.model_dump_json()
+        groups.setdefault(key, (adapter, []))[1].append(pool.name)
+    out: dict[str, local_adapter.LocalPool] = {}
+    for adapter, names in groups.values():
+        lp = local_adapter.LocalPool(
+            names,
+            clock=clock,
+            boot_delay_s=adapter.boot_delay_s,
+            command=adapter.worker_command or local_adapter.WORKER_COMMAND,
+            env=adapter.env,
+            targets_file=loaded.path(adapter.targets_file) if adapter.targets_file is not None else None,
+            log_dir=loaded.path(adapter.log_dir) if adapter.log_dir is not None else None,
+            stop_timeout_s=adapter.stop_timeout_s,
+        )
+        out.update(dict.fromkeys(names, lp))
+    return out
+
+
+def _pulumi_pools(
+    loaded: config_mod.Loaded,
+    *,
+    clock: ports.Clock,
+    tel: telemetry.Telemetry,
+    command: auto.PulumiCommand | None,
+) -> dict[str, pulumi_stack.PulumiCapacity]:
+    """One PulumiCapacity per project directory (per `create_stack`), pools with their stacks and env."""
+    groups: dict[tuple[Path, bool], list[config_mod.PoolConfig]] = {}
+    for pool in loaded.config.pools:
+        adapter = pool.adapter
+        assert isinstance(adapter, config_mod.PulumiAdapterConfig)
+        groups.setdefault((loaded.path(adapter.work_dir), adapter.create_stack), []).append(pool)
+
+    def on_apply(result: pulumi_stack.ApplyResult) -> None:
+        tel.apply_finished(
+            result.pool, duration_s=result.duration_s, ok=result.outcome.verdict is pulumi_stack.Verdict.OK
+        )
+
+    out: dict[str, pulumi_stack.PulumiCapacity] = {}
+    for (work_dir, create), pools in groups.items():
+        stacks = {p.name: _pulumi(p).stack or p.name for p in pools}
+        capacity = pulumi_stack.PulumiCapacity(
+            stacks,
+            clock=clock,
+            work_dir=work_dir,
+            pulumi_command=command,
+            pool_env={p.name: _pulumi(p).env for p in pools if _pulumi(p).env},
+            create_stacks=create,
+            on_apply=on_apply,
+        )
+        out.update(dict.fromkeys(stacks, capacity))
+    return out
+
+
+def _pulumi(pool: config_mod.PoolConfig) -> config_mod.PulumiAdapterConfig:
+    assert isinstance(pool.adapter, config_mod.PulumiAdapterConfig)
+    return pool.adapter
+
+
+def _refresh_all(capacities: Iterable[pulumi_stack.PulumiCapacity]) -> list[pulumi_stack.RefreshResult]:
+    return [c.refresh(pool) for c in capacities for pool in c.pools]
+
+
+# -- `gpuburst run` ----------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    loaded = config_mod.load(args.config)
+    logs.configure(loaded.config.log_level)
+    ctl = build(loaded, dry_run=args.dry_run)
+    try:
+        if args.once:
+            return _once(ctl, out=sys.stdout)
+        return _serve(ctl)
+    finally:
+        ctl.close()
+
+
+def _once(ctl: Controller, *, out: Any) -> int:
+    if ctl.elector is not None and not ctl.jobs.leader():
+        raise errors.UserError(
+            f"not the leader: {ctl.elector.holder or 'another replica'} holds Lease "
+            f"{ctl.elector.namespace}/{ctl.elector.name}; --dry-run shows what this controller would decide"
+        )
+    report = ctl.reconciler.tick()
+    if not ctl.reconciler.dry_run and ctl.pulumi and not ctl.wait_for_applies(timeout_s=ONCE_APPLY_WAIT_S):
+        log.warning("applies still running after the wait; the next run picks them up")
+    json.dump(codec.encode(report), out, indent=2, sort_keys=True)
+    out.write("\n")
+    if ctl.elector is not None:
+        ctl.elector.release()
+    return 0
+
+
+def _serve(ctl: Controller) -> int:
+    """Run until SIGTERM or SIGINT: API first (probes see it start), then the jobs."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server = ctl.start_api()
+        if server is not None:
+            ctl.closers.append(server.stop)
+        ctl.jobs.start()
+        ctl.closers.append(lambda: ctl.jobs.shutdown(wait=True))
+        log.info(
+            "controller running",
+            extra={
+                "pools": [p.name for p in ctl.setup.pools],
+                "workloads": [w.name for w in ctl.setup.workloads],
+                "tick_interval_s": ctl.loaded.config.tick_interval_s,
+                "dry_run": ctl.reconciler.dry_run,
+                "api": server.url if server is not None else None,
+            },
+        )
+        stop.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="the live controller", description="Run the live controller from a config file."
+    )
+    p.add_argument("--config", required=True, type=Path, help="controller config (see examples/aws.yaml)")
+    p.add_argument("--once", action="store_true", help="run one tick, print its TickReport as JSON, exit")
+    p.add_argument("--dry-run", action="store_true", help="decide and report without committing or acting")
+    p.set_defaults(func=run)
+
+    d = sub.add_parser(
+        "demo",
+        help="the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
+        description="Burst face-compare workers on this machine under synthetic load (real Prometheus).",
+    )
+    d.add_argument(
+        "--config", type=Path, default=config_mod.LOCAL_EXAMPLE, help="local config (examples/local.yaml)"
+    )
+    d.add_argument("--minutes", type=float, default=3.0, help="length of the load profile")
+    d.add_argument(
+        "--peak-rps", type=float, default=None, help="peak request rate (default: from the config)"
+    )
+    d.add_argument(
+        "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
+    )
+    d.add_argument("--json", dest="json_out", type=Path, default=None, help="write a summary here")
+    d.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controller import demo
+
+    return demo.main(args)
