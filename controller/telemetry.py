@@ -50,6 +50,9 @@ BUDGET_BINDING = "gpuburst_budget_binding"
 """Gauge: 1 when the last decision was cut by the budget."""
 METRICS_STALENESS = "gpuburst_metrics_staleness_seconds"
 """Gauge {workload}: seconds since the workload's metrics were last known (+Inf: never)."""
+SAMPLE_AGE = "gpuburst_metrics_sample_age_seconds"
+"""Gauge {workload}: age of the newest sample Prometheus held at the last read (NaN: none), when the
+metric source reports it."""
 TICK_DURATION = "gpuburst_tick_duration_seconds"
 """Histogram: wall time of one reconcile tick."""
 LAST_TICK = "gpuburst_last_tick_timestamp_seconds"
@@ -156,6 +159,9 @@ class Telemetry:
         self.budget_binding = prometheus_client.Gauge(
             BUDGET_BINDING, "1 when the budget cut the last decision", registry=r
         )
+        self.sample_age = prometheus_client.Gauge(
+            SAMPLE_AGE, "Age of the newest sample at the last read", ["workload"], registry=r
+        )
         self.staleness = prometheus_client.Gauge(
             METRICS_STALENESS, "Seconds since metrics were known", ["workload"], registry=r
         )
@@ -228,6 +234,10 @@ class Telemetry:
             elif name in self._known_at:
                 self.staleness.labels(name).set(max(0.0, at - self._known_at[name]))
 
+    def sample_ages(self, ages: Mapping[str, float | None]) -> None:
+        for name, age in ages.items():
+            self.sample_age.labels(name).set(math.nan if age is None else age)
+
     def apply_finished(self, pool: str, *, duration_s: float, ok: bool) -> None:
         self.apply_duration.labels(pool, "succeeded" if ok else "failed").observe(duration_s)
 
@@ -257,6 +267,9 @@ class MeteredMetricSource:
             self.telemetry.metrics_read({w.name: _UNKNOWN for w in workloads}, at=at)
             raise
         self.telemetry.metrics_read(out, at=at)
+        ages = getattr(self.inner, "sample_age_s", None)  # the Prometheus source measures it
+        if isinstance(ages, Mapping):
+            self.telemetry.sample_ages(ages)
         return out
 
 

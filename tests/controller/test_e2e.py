@@ -244,6 +244,7 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
                 metrics = http.get("/metrics").text
                 assert 'gpuburst_decisions_total{action="scale_up",reason="demand"} 1.0' in metrics
                 assert 'gpuburst_apply_duration_seconds_count{pool="spot",result="succeeded"}' in metrics
+                assert 'gpuburst_metrics_sample_age_seconds{workload="face-compare"}' in metrics
                 assert http.get("/readyz").status_code == 200
         finally:
             ctl.close()

@@ -177,3 +177,19 @@ def test_adapter_and_job_hooks() -> None:
     assert _get(t, telemetry.LEADER) == 1
     assert _get(t, telemetry.ORPHANS, kind="cluster_not_in_stack") == 2
     assert _get(t, telemetry.ORPHANS, kind="cloud_not_in_cluster") == 0
+
+
+def test_the_sample_age_the_source_measures_is_exported() -> None:
+    w, t = _world()
+
+    class Aged:
+        def __init__(self, age: float | None) -> None:
+            self.sample_age_s = {"face": age}
+
+        def read(self, workloads: object, *, at: float) -> dict[str, model.WorkloadMetrics]:
+            return {"face": model.WorkloadMetrics(rate_rps=1.0)}
+
+    telemetry.MeteredMetricSource(Aged(3.5), t).read(w.setup.workloads, at=1.0)
+    assert _get(t, telemetry.SAMPLE_AGE, workload="face") == 3.5
+    telemetry.MeteredMetricSource(Aged(None), t).read(w.setup.workloads, at=2.0)
+    assert math.isnan(_get(t, telemetry.SAMPLE_AGE, workload="face"))
