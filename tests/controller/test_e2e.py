@@ -55,6 +55,11 @@ class AtWallTime:
     ) -> Mapping[str, model.WorkloadMetrics]:
         return self.inner.read(workloads, at=self.wall.now())
 
+    @property
+    def sample_age_s(self) -> Mapping[str, float | None]:
+        """The source's own hook for telemetry, passed through."""
+        return dict(getattr(self.inner, "sample_age_s", {}))
+
 
 class Cloud:
     """EC2 as the scripted stack sees it, joined to the emulated cluster: an instance an `up` created
