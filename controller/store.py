@@ -177,6 +177,13 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._state_cache: tuple[int, policy.PolicyState] | None = None
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise errors.UserError(
+                    f"store {self.path}: cannot create its directory: {exc.strerror}"
+                ) from None
         migrate(self._conn(), where=self.path)
 
     # -- connections --------------------------------------------------------------------------------

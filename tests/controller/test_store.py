@@ -221,9 +221,20 @@ def test_a_database_from_a_newer_controller_is_refused(tmp_path: Path) -> None:
         store.SqliteStore(path)
 
 
-def test_an_unopenable_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(errors.UserError, match=r"missing/dir/x\.db: cannot open"):
-        store.SqliteStore(tmp_path / "missing" / "dir" / "x.db")
+def test_a_missing_directory_is_created(tmp_path: Path) -> None:
+    store.SqliteStore(tmp_path / "state" / "gpuburst.db").close()
+    assert (tmp_path / "state" / "gpuburst.db").is_file()
+
+
+def test_an_unusable_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(
+        errors.UserError, match=r"file/sub/x\.db: cannot create its directory: Not a directory"
+    ):
+        store.SqliteStore(tmp_path / "file" / "sub" / "x.db")
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(errors.UserError, match=r"dir\.db: cannot open the database"):
+        store.SqliteStore(tmp_path / "dir.db")
 
 
 # -- the policy state codec -------------------------------------------------------------------------
