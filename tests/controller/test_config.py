@@ -167,7 +167,7 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
 def test_the_api_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = _load(tmp_path, _minimal(api={"listen": "127.0.0.1:0", "token_env": "GB_TOKEN"}))
     monkeypatch.delenv("GB_TOKEN", raising=False)
-    with pytest.raises(errors.UserError, match="api.token_env: environment variable GB_TOKEN is unset"):
+    with pytest.raises(errors.UserError, match=r"api\.token_env: environment variable GB_TOKEN is unset"):
         loaded.api_token()
     monkeypatch.setenv("GB_TOKEN", "t0k")
     assert loaded.api_token() == "t0k"
