@@ -2,8 +2,8 @@
 
 The real reconciler over the in-package fakes (FakeInfra cloud + cluster, a metric source, and the
 in-memory or the SQLite store) with 100 workloads and 10 pools by default, on a FakeClock advanced one
-tick interval per tick. Demand per workload follows its own slow wave, so ticks include launches, joins,
-drains and releases, not only steady state. Reported: the wall time of each tick as the reconciler
+tick interval per tick. Demand rises and falls in a slow wave, so ticks include launches, joins, drains
+and releases, not only steady state. Reported: the wall time of each tick as the reconciler
 measures it (median, p90, p99, max, in ms), after a warm-up, and the node counts it handled.
 """
 
@@ -46,12 +46,13 @@ def setup(workloads: int, pools: int) -> reconciler.Setup:
 
 
 def demand(workloads: int) -> Any:
-    """Requests per second of each workload at time t: a 20-minute wave, phase-shifted per workload."""
+    """Requests per second of each workload at time t: one 20-minute wave, each workload a little out of
+    phase (spread over a sixth of the period), so the total rises and falls and the pools follow it."""
 
     def at(t: float) -> Mapping[str, model.WorkloadMetrics]:
         return {
             f"w{i:03d}": model.WorkloadMetrics(
-                rate_rps=max(0.0, 30.0 + 25.0 * math.sin(2 * math.pi * (t / 1200.0 + i / workloads))),
+                rate_rps=max(0.0, 30.0 + 25.0 * math.sin(2 * math.pi * (t / 1200.0 + i / (6 * workloads)))),
                 queue_depth=0.0,
             )
             for i in range(workloads)
