@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +15,32 @@ from controller.core import model, policy
 DEFAULT = Path(__file__).resolve().parent.parent / "policies" / "burst" / "default.yaml"
 
 
+_D = policy.BurstPolicy()
+
+
 class _Policy(pydantic.BaseModel):
+    """The file's schema: the BurstPolicy fields with their bounds; defaults come from the code."""
+
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "default"
-    target_utilization: float = pydantic.Field(0.8, gt=0, le=1)
-    scale_down_stabilization_s: float = pydantic.Field(300.0, ge=0)
-    backlog_drain_s: float = pydantic.Field(60.0, gt=0)
-    burst_tiers: list[str] = pydantic.Field(default_factory=lambda: list(model.TIERS), min_length=1)
-    budget_usd_per_hour: float | None = pydantic.Field(None, ge=0)
-    boot_timeout_s: float = pydantic.Field(900.0, gt=0)
-    drain_timeout_s: float = pydantic.Field(600.0, ge=0)
+    name: str = _D.name
+    target_utilization: float = pydantic.Field(_D.target_utilization, gt=0, le=1)
+    forecast_quantile: float = pydantic.Field(_D.forecast_quantile, ge=0, lt=1)
+    error_half_life_s: float = pydantic.Field(_D.error_half_life_s, gt=0)
+    headroom_sigmas: float = pydantic.Field(_D.headroom_sigmas, ge=0)
+    trend_window_s: float = pydantic.Field(_D.trend_window_s, ge=30)
+    fast_samples: int = pydantic.Field(_D.fast_samples, ge=0)
+    horizon_extra_s: float = pydantic.Field(_D.horizon_extra_s, ge=0)
+    seasonality: bool = _D.seasonality
+    seasonal_max_error: float = pydantic.Field(_D.seasonal_max_error, ge=0, le=1)
+    scale_down_stabilization_s: float = pydantic.Field(_D.scale_down_stabilization_s, ge=0)
+    fall_stabilization_s: float = pydantic.Field(_D.fall_stabilization_s, ge=0)
+    fall_window_s: float = pydantic.Field(_D.fall_window_s, ge=0)
+    backlog_drain_s: float = pydantic.Field(_D.backlog_drain_s, gt=0)
+    burst_tiers: list[str] = pydantic.Field(default_factory=lambda: sorted(_D.burst_tiers), min_length=1)
+    budget_usd_per_hour: float | None = pydantic.Field(_D.budget_usd_per_hour, ge=0)
+    boot_timeout_s: float = pydantic.Field(_D.boot_timeout_s, gt=0)
+    drain_timeout_s: float = pydantic.Field(_D.drain_timeout_s, ge=0)
 
     @pydantic.field_validator("burst_tiers")
     @classmethod
@@ -33,6 +49,12 @@ class _Policy(pydantic.BaseModel):
         if unknown:
             raise ValueError(f"unknown tier(s) {unknown}; tiers are {list(model.TIERS)}")
         return v
+
+    @pydantic.model_validator(mode="after")
+    def _windows(self) -> _Policy:
+        if self.fall_stabilization_s > self.scale_down_stabilization_s:
+            raise ValueError("fall_stabilization_s must not exceed scale_down_stabilization_s")
+        return self
 
 
 def parse(data: Any, *, where: str) -> policy.BurstPolicy:
@@ -73,3 +95,20 @@ def describe(exc: pydantic.ValidationError) -> str:
             msg = "unknown field"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("policy", help="burst policy files")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    v = verbs.add_parser("validate", help="check a burst policy file and print it with every default")
+    v.add_argument("file", type=Path)
+    v.set_defaults(func=_validate)
+
+
+def _validate(args: Any) -> int:
+    loaded = load(args.file)
+    fields = dataclasses.asdict(loaded)
+    fields["burst_tiers"] = sorted(loaded.burst_tiers)
+    print(f"{args.file}: valid")
+    print(yaml.safe_dump(fields, sort_keys=False).rstrip())
+    return 0

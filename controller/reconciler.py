@@ -103,6 +103,7 @@ class Reconciler:
             pools=setup.pools,
             active=lifecycle.of(synced_tally, model.ACTIVE),
             leaving=lifecycle.of(synced_tally, lifecycle.LEAVING),
+            ready=lifecycle.of(synced_tally, frozenset({model.NodeStatus.READY})),
             unavailable=frozenset(
                 name
                 for name, st in (obs.pools or {}).items()

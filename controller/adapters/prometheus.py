@@ -280,6 +280,7 @@ class PrometheusSource:
             latency_p99_s=None if isinstance(latency, str) else latency,
             tier_rps=tiers,
             ready_replicas=ready,
+            window_s=duration_s(self.config.queries(workload).window),
             problems=tuple(problems),
         )
 
@@ -361,3 +362,9 @@ def _unknown(problem: str) -> model.WorkloadMetrics:
 def _short(thing: object, limit: int = 300) -> str:
     text = str(thing)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def duration_s(text: str) -> float:
+    """Seconds in a PromQL duration such as `1m30s`."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))

@@ -41,31 +41,32 @@ def spread(
     pools: Sequence[model.PoolSpec],
     *,
     active: Mapping[str, int],
+    ready: Mapping[str, int],
     available: Mapping[str, bool],
     room: Mapping[str, int],
 ) -> dict[str, int]:
-    """Active nodes per pool that give `burst_gpus`, moving as few nodes as possible.
+    """Active nodes per pool that give `burst_gpus` from the cheapest pools that can take them.
 
-    Growth goes to the cheapest available pool with room; shrinking takes from the dearest pool first,
-    so on-demand leaves before spot. Existing nodes are never moved between pools.
+    A pool that refuses capacity keeps what it has but does not grow, so the gap goes to the next pool
+    (spot falls back to on-demand). When a cheaper pool can take nodes again, the work moves back to it,
+    make-before-break: a dearer pool keeps the nodes that the cheaper pools' ready nodes cannot yet cover.
     """
-    target = {p.name: active.get(p.name, 0) for p in pools}
-    have = sum(target[p.name] * p.gpus_per_node for p in pools)
-    if burst_gpus > have:
-        for pool in by_price(pools):
-            if not available.get(pool.name, True):
-                continue
-            free = room.get(pool.name, pool.max_nodes) - target[pool.name]
-            if free <= 0:
-                continue
-            add = min(free, math.ceil((burst_gpus - have) / pool.gpus_per_node))
-            target[pool.name] += add
-            have += add * pool.gpus_per_node
-            if have >= burst_gpus:
-                break
-    elif burst_gpus < have:
-        for pool in reversed(by_price(pools)):
-            while target[pool.name] > 0 and have - pool.gpus_per_node >= burst_gpus:
-                target[pool.name] -= 1
-                have -= pool.gpus_per_node
-    return target
+    order = by_price(pools)
+    ideal: dict[str, int] = {}
+    left = burst_gpus
+    for pool in order:
+        want = math.ceil(max(0, left) / pool.gpus_per_node)
+        cap = (
+            room.get(pool.name, pool.max_nodes)
+            if available.get(pool.name, True)
+            else active.get(pool.name, 0)
+        )
+        ideal[pool.name] = max(0, min(want, cap))
+        left -= ideal[pool.name] * pool.gpus_per_node
+    target: dict[str, int] = {}
+    covered = 0
+    for pool in order:
+        keep = min(active.get(pool.name, 0), math.ceil(max(0, burst_gpus - covered) / pool.gpus_per_node))
+        target[pool.name] = max(ideal[pool.name], keep)
+        covered += ready.get(pool.name, 0) * pool.gpus_per_node
+    return {p.name: target[p.name] for p in pools}

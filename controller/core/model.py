@@ -80,6 +80,8 @@ class WorkloadMetrics:
 
     rate_rps: float | None
     queue_depth: float | None = 0.0
+    window_s: float = 60.0
+    """The window the rate is averaged over: in a ramp it lags the demand by half of it."""
     latency_p99_s: float | None = None
     tier_rps: Mapping[str, float] = field(default_factory=dict)
     ready_replicas: Mapping[str, int] = field(default_factory=dict)

@@ -1,16 +1,23 @@
-"""decide: how many cloud nodes each pool should have, from what the metrics say.
+"""decide: how many cloud nodes each pool should have, now and for the next node boot.
 
 Pure: `decide(inputs, state, policy) -> (Decision, new_state)`. The live controller and the simulator
 call this same function; the state it returns is all it remembers between ticks.
+
+Per workload it estimates demand now (a trend through recent samples, corrected for the rate window's
+lag, and the arrivals a growing queue implies), forecasts the highest demand before a node launched now
+could serve (the trend, and daily or weekly seasonality once learned and proven), adds headroom sized
+from the observed variability and the forecast's uncertainty, and catch-up capacity for any backlog.
+Releases wait until the lower target has held for the stabilization window, so a node leaves only when
+it will not be needed again before a relaunch could serve.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from controller.core import capacity, limits, model
+from controller.core import capacity, forecast, limits, model
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,12 +25,30 @@ class BurstPolicy:
     """The knobs of a burst policy (loaded from `policies/burst/*.yaml` at the edge)."""
 
     name: str = "default"
-    target_utilization: float = 0.8
-    """Fraction of a replica's sustained rate it is planned to carry; the rest absorbs noise."""
+    target_utilization: float = 0.97
+    """Fraction of a replica's sustained rate it is planned to carry at the forecast demand."""
+    forecast_quantile: float = 0.8
+    """Headroom covers this quantile of the workload's own past forecast errors at the boot horizon."""
+    error_half_life_s: float = 6 * 3600.0
+    """How fast old forecast errors fade from the headroom estimate."""
+    headroom_sigmas: float = 2.0
+    """Until enough errors are known: spare capacity in standard deviations of short-term variability."""
+    trend_window_s: float = 300.0
+    fast_samples: int = 8
+    """How much recent demand the trend is fitted to."""
+    horizon_extra_s: float = 30.0
+    """Added to the boot time: the wait for the next tick and the next scrape."""
+    seasonality: bool = True
+    seasonal_max_error: float = 0.15
+    """A learned daily or weekly profile is trusted only while its recent relative error is below this."""
     scale_down_stabilization_s: float = 300.0
     """A release needs the lower target to have held this long (the highest recent target wins)."""
-    backlog_drain_s: float = 60.0
-    """A queue that built up gets extra GPUs sized to clear it within this time."""
+    fall_stabilization_s: float = 120.0
+    """The same wait once demand has been falling beyond its noise (the peak has passed)."""
+    fall_window_s: float = 900.0
+    """How long a decline must have lasted to count as falling."""
+    backlog_drain_s: float = 30.0
+    """A queue that built up gets extra capacity sized to clear it within this time."""
     burst_tiers: frozenset[str] = frozenset(model.TIERS)
     """Tiers whose demand may buy cloud capacity; the others are served on what exists."""
     budget_usd_per_hour: float | None = None
@@ -32,10 +57,25 @@ class BurstPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyState:
-    """What decide remembers: recent burst-GPU recommendations for the scale-down window."""
+class Memory:
+    """What decide remembers about one workload's demand."""
 
+    samples: tuple[tuple[float, float], ...] = ()
+    """(time, burstable demand) over the trend window."""
+    queue: tuple[float, float] | None = None
+    """(time, queue depth) at the previous tick."""
+    daily: forecast.Seasonal | None = None
+    weekly: forecast.Seasonal | None = None
+    pending: tuple[tuple[float, float], ...] = ()
+    """(due time, forecast demand) of forecasts not yet checked against what came."""
+    errors: forecast.ErrorHistogram | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    memory: Mapping[str, Memory] = field(default_factory=dict)
     recommendations: tuple[tuple[float, int], ...] = ()
+    """(time, burst GPUs recommended) over the stabilization window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +89,154 @@ class DecisionInputs:
     """Active nodes per pool: requested, provisioning or ready."""
     leaving: Mapping[str, int]
     """Nodes per pool that still bill but are on their way out (draining, releasing, failed)."""
+    ready: Mapping[str, int] = field(default_factory=dict)
+    """Ready nodes per pool (serving, or about to)."""
     unavailable: frozenset[str] = frozenset()
     """Pools that refused capacity recently."""
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = ()
 
 
-def demand_for_burst(metrics: model.WorkloadMetrics, tiers: frozenset[str]) -> float:
-    """The part of the demand allowed to buy cloud capacity."""
-    rate = metrics.rate_rps or 0.0
+def burstable_share(metrics: model.WorkloadMetrics, tiers: frozenset[str]) -> float:
+    """The fraction of the demand allowed to buy cloud capacity (1 when tiers are not reported)."""
     if tiers >= frozenset(model.TIERS) or not metrics.tier_rps:
-        return rate
-    return sum(v for t, v in metrics.tier_rps.items() if t in tiers)
+        return 1.0
+    total = sum(metrics.tier_rps.values())
+    if total <= 0:
+        return 1.0
+    return sum(v for t, v in metrics.tier_rps.items() if t in tiers) / total
+
+
+@dataclass(frozen=True, slots=True)
+class _Need:
+    gpus: int
+    keep: int
+    """GPUs below which a release would likely be undone before a relaunch could serve."""
+    forecast: forecast.Forecast
+    reason: str
+
+
+_MIN_ERRORS = 20.0
+"""Forecast errors (decayed weight) needed before they, rather than the variability, size headroom."""
+
+
+def _remember(mem: Memory, at: float, demand: float, policy: BurstPolicy) -> Memory:
+    start = at - max(policy.trend_window_s, policy.fall_window_s)
+    samples = (*(s for s in mem.samples if s[0] > start), (at, demand))
+    errors = mem.errors or forecast.ErrorHistogram.empty()
+    pending = mem.pending
+    if pending and pending[0][0] <= at:
+        decay = 0.5 ** ((at - samples[-2][0] if len(samples) > 1 else 0.0) / policy.error_half_life_s)
+        while pending and pending[0][0] <= at:
+            _, predicted = pending[0]
+            pending = pending[1:]
+            errors = forecast.record_error(errors, (demand - predicted) / max(predicted, 1.0), decay=decay)
+            decay = 1.0
+    daily, weekly = mem.daily, mem.weekly
+    if policy.seasonality:
+        daily = forecast.observe(daily or forecast.Seasonal.empty(forecast.DAY_S, 600.0), at, demand)
+        weekly = forecast.observe(weekly or forecast.Seasonal.empty(forecast.WEEK_S, 3600.0), at, demand)
+    return replace(mem, samples=samples, daily=daily, weekly=weekly, pending=pending, errors=errors)
+
+
+def _sure_slope(fit: forecast.Trend) -> float:
+    """The upward slope, shrunk by how sure it is: a slope within its own noise barely counts."""
+    if fit.slope <= 0:
+        return 0.0
+    return fit.slope * fit.slope**2 / (fit.slope**2 + fit.slope_sigma**2)
+
+
+def _forecast(
+    mem: Memory, at: float, *, lag_s: float, horizon_s: float, policy: BurstPolicy
+) -> forecast.Forecast:
+    """The demand now and the highest it may reach by the horizon, with the spread to plan for."""
+    latest = mem.samples[-1][1]
+    recent = tuple(x for x in mem.samples if x[0] > at - policy.trend_window_s)
+    fit = forecast.trend(recent)
+    if fit is None:
+        spread = math.sqrt(max(latest, 1.0))
+        return forecast.Forecast(latest, latest, spread, spread, "latest", 0.0)
+    now = max(0.0, fit.level + fit.slope * lag_s)
+    # A rise is carried to the horizon, shrunk by how sure it is (a slope within its noise barely
+    # counts); a fall takes nothing away before it shows in the demand itself.
+    rise = _sure_slope(fit)
+    # An accelerating ramp shows first in the last few samples.
+    late = forecast.trend(recent[-policy.fast_samples :]) if policy.fast_samples >= 3 else None
+    if late is not None:
+        rise = max(rise, _sure_slope(late))
+    peak = now + rise * horizon_s
+    source, confidence = "trend", 1.0 / (1.0 + fit.sigma / max(now, 1.0))
+    for season in (mem.weekly, mem.daily):
+        if season is None or not season.complete(at) or season.error > policy.seasonal_max_error:
+            continue
+        base = season.values[season.index(at)]
+        if base <= 0:
+            continue
+        # The profile's shape, at today's level.
+        ratio = min(2.0, max(0.5, now / base))
+        # A profile that has proven itself pre-warms for what the trend cannot see coming yet.
+        ahead = forecast.profile_peak(season, at, at + horizon_s) * ratio
+        if ahead > peak:
+            peak, source = ahead, "weekly" if season is mem.weekly else "daily"
+        confidence = 1.0 - season.error
+        break
+    # Falling means a sustained decline: down beyond its noise both lately and over the longer window,
+    # which on/off bursts are not.
+    longer = forecast.trend(mem.samples)
+    falling = (
+        source == "trend"
+        and fit.slope + policy.headroom_sigmas * fit.slope_sigma < 0
+        and longer is not None
+        and longer.slope + policy.headroom_sigmas * longer.slope_sigma < 0
+    )
+    rising = fit.slope - fit.slope_sigma > 0
+    spread = math.sqrt(fit.sigma**2 + (fit.slope_sigma * horizon_s) ** 2)
+    return forecast.Forecast(now, max(now, peak), fit.sigma, spread, source, confidence, falling, rising)
+
+
+def _need(
+    w: model.WorkloadSpec,
+    m: model.WorkloadMetrics,
+    mem: Memory,
+    *,
+    inputs: DecisionInputs,
+    policy: BurstPolicy,
+    horizon_s: float,
+) -> tuple[_Need, int]:
+    """GPUs for the forecast demand with its headroom, and the extra GPUs a backlog needs."""
+    share = burstable_share(m, policy.burst_tiers)
+    fc = _forecast(mem, inputs.at, lag_s=m.window_s / 2, horizon_s=horizon_s, policy=policy)
+    demand = fc.peak_rps
+    queue = (m.queue_depth or 0.0) * share
+    notes = [f"{w.name}: {fc.now_rps:.0f} req/s now, {fc.peak_rps:.0f} by +{horizon_s:.0f}s ({fc.source})"]
+    serving = sum(m.ready_replicas.values()) if m.ready_replicas else None
+    if mem.queue is not None and serving is not None and (queue > 0 or mem.queue[1] > 0):
+        # While a queue stands, arrivals are what was served plus what the queue grew by.
+        t0, q0 = mem.queue
+        if inputs.at > t0:
+            implied = serving * w.gpu_rps * share + (queue - q0) / (inputs.at - t0)
+            if implied > demand:
+                demand = implied
+                notes.append(f"queue implies {implied:.0f} req/s")
+    headroom = policy.headroom_sigmas * fc.sigma_rps
+    errors = mem.errors
+    # Forecast errors are surprises on the way up; during a sustained fall only the noise needs cover.
+    if errors is not None and errors.total >= _MIN_ERRORS and not fc.falling:
+        headroom = max(headroom, demand * forecast.error_quantile(errors, policy.forecast_quantile))
+    notes.append(f"headroom {headroom:.0f} req/s")
+    gpus = capacity.gpus_for(demand + headroom, w, utilization=policy.target_utilization)
+    # A backlog needs capacity above today's demand to drain; capacity bought for the forecast demand
+    # already gives some, so only what it lacks is extra.
+    drain = capacity.gpus_for(
+        fc.now_rps + queue / policy.backlog_drain_s, w, utilization=policy.target_utilization
+    )
+    catch_up = max(0, drain - gpus)
+    if catch_up:
+        notes.append(f"queue {queue:.0f}: +{catch_up} GPUs to drain it in {policy.backlog_drain_s:.0f}s")
+    notes.append(f"-> {gpus + catch_up} GPUs ({w.private_gpus} private)")
+    # A release must leave room for one more standard deviation of where demand may go by the horizon.
+    upper = demand + max(headroom, (policy.headroom_sigmas + 1) * fc.sigma_horizon_rps)
+    keep = capacity.gpus_for(upper, w, utilization=policy.target_utilization)
+    return _Need(gpus, keep, fc, ", ".join(notes)), catch_up
 
 
 def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, PolicyState]:
@@ -79,45 +256,73 @@ def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, P
 def decide(
     inputs: DecisionInputs, state: PolicyState, policy: BurstPolicy
 ) -> tuple[model.Decision, PolicyState]:
-    """Target tracking on observed demand with time-based scale-down stabilization."""
     if not inputs.synced:
         return _hold(inputs, state)
+    available = [p for p in inputs.pools if p.name not in inputs.unavailable]
+    boot = min((p.boot_s for p in available or inputs.pools), default=0.0)
+    horizon = boot + policy.horizon_extra_s
     reasons: list[str] = []
+    memory: dict[str, Memory] = dict(state.memory)
     demand: dict[str, float] = {}
+    predicted: dict[str, float] = {}
     target_gpus: dict[str, int] = {}
     recommended = 0
+    keep = 0
+    transient = 0
+    falling = bool(inputs.workloads)
+    rising = False
     for w in inputs.workloads:
         m = inputs.metrics[w.name]
-        rate = demand_for_burst(m, policy.burst_tiers)
-        backlog = m.queue_depth or 0.0
-        gpus = capacity.gpus_for(rate, w, utilization=policy.target_utilization)
-        if backlog > 0:
-            gpus += math.ceil(backlog / (w.gpu_rps * policy.backlog_drain_s))
-        demand[w.name] = m.rate_rps or 0.0
-        target_gpus[w.name] = max(gpus, w.private_gpus)
-        recommended += max(0, gpus - w.private_gpus)
-        reasons.append(
-            f"{w.name}: {rate:.1f} req/s, queue {backlog:.0f} -> {gpus} GPUs ({w.private_gpus} private)"
+        share = burstable_share(m, policy.burst_tiers)
+        mem = _remember(memory.get(w.name, Memory()), inputs.at, (m.rate_rps or 0.0) * share, policy)
+        need, catch_up = _need(w, m, mem, inputs=inputs, policy=policy, horizon_s=horizon)
+        memory[w.name] = replace(
+            mem,
+            queue=(inputs.at, (m.queue_depth or 0.0) * share),
+            pending=(*mem.pending, (inputs.at + horizon, need.forecast.peak_rps)),
         )
+        demand[w.name] = m.rate_rps or 0.0
+        predicted[w.name] = need.forecast.peak_rps
+        target_gpus[w.name] = max(need.gpus + catch_up, w.private_gpus)
+        base = max(0, need.gpus - w.private_gpus)
+        recommended += base
+        keep += max(0, need.keep - w.private_gpus)
+        # Catch-up GPUs fill what private capacity has left over first, and are not stabilized: they
+        # are wanted only while the backlog lasts.
+        transient += max(0, need.gpus + catch_up - w.private_gpus) - base
+        reasons.append(need.reason)
+        falling = falling and need.forecast.falling
+        rising = rising or need.forecast.rising
 
-    window_start = inputs.at - policy.scale_down_stabilization_s
-    history = (*(r for r in state.recommendations if r[0] > window_start), (inputs.at, recommended))
+    keep_s = max(policy.scale_down_stabilization_s, policy.fall_stabilization_s)
+    history = (*(r for r in state.recommendations if r[0] > inputs.at - keep_s), (inputs.at, recommended))
     have = sum(inputs.active.get(p.name, 0) * p.gpus_per_node for p in inputs.pools)
-    if recommended >= have:
-        burst = recommended
-    else:
-        burst = min(have, max(r for _, r in history))
+    burst = recommended
+    if recommended + transient < have and rising:
+        burst = have - transient
+        reasons.append("demand rising: releasing nothing")
+    elif recommended < have:
+        # Once demand falls beyond its noise the peak has passed: a shorter wait suffices.
+        window = policy.fall_stabilization_s if falling else policy.scale_down_stabilization_s
+        burst = min(have, max(keep, *(r for t, r in history if t > inputs.at - window)))
         if burst > recommended:
             reasons.append(
-                f"scale-down stabilization: keeping {burst} burst GPUs "
-                f"(highest of the last {policy.scale_down_stabilization_s:.0f} s)"
+                f"scale-down stabilization: keeping {burst} burst GPUs (highest of the last {window:.0f} s"
+                + (", demand falling)" if falling else ")")
             )
 
+    burst += transient
     room = {p.name: p.max_nodes - inputs.leaving.get(p.name, 0) for p in inputs.pools}
-    available = {p.name: p.name not in inputs.unavailable for p in inputs.pools}
     for name in sorted(inputs.unavailable):
         reasons.append(f"{name}: unavailable (capacity refused), falling back")
-    wanted = capacity.spread(burst, inputs.pools, active=inputs.active, available=available, room=room)
+    wanted = capacity.spread(
+        burst,
+        inputs.pools,
+        active=inputs.active,
+        ready=inputs.ready,
+        available={p.name: p.name not in inputs.unavailable for p in inputs.pools},
+        room=room,
+    )
     limited = limits.enforce(
         wanted, inputs.pools, leaving=inputs.leaving, budget_usd_per_hour=policy.budget_usd_per_hour
     )
@@ -138,8 +343,8 @@ def decide(
         target_nodes=limited.target,
         target_gpus=target_gpus,
         demand_rps=demand,
-        forecast_rps=dict(demand),
+        forecast_rps=predicted,
         reasons=tuple(reasons),
         budget_binding=limited.budget_binding,
     )
-    return decision, PolicyState(recommendations=history)
+    return decision, PolicyState(memory=memory, recommendations=history)

@@ -99,7 +99,7 @@ def run(
             changed = infra.advance()
             next_event = infra.next_event_at()
         if t % scrape == 0:
-            view.record_queue(t, q.backlog)
+            view.scrape(t, backlog=q.backlog, serving_gpus=gpus)
         if changed or t >= pol.next_wake:
             pol.wake(t)
             next_event = infra.next_event_at()

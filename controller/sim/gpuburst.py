@@ -43,7 +43,16 @@ class Gpuburst:
         rate = view.rate(at)
         if rate is None:
             return {self.workload: model.WorkloadMetrics(None, None, problems=("no samples yet",))}
-        return {self.workload: model.WorkloadMetrics(rate_rps=rate, queue_depth=view.queue(at))}
+        private = self.w.scenario.private_gpus
+        serving = view.serving(at) or 0
+        return {
+            self.workload: model.WorkloadMetrics(
+                rate_rps=rate,
+                queue_depth=view.queue(at),
+                window_s=view.window_s,
+                ready_replicas={"private": min(private, serving), "burst": max(0, serving - private)},
+            )
+        }
 
     def wake(self, t: int) -> None:
         if t >= self.next_wake:

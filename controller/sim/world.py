@@ -24,6 +24,7 @@ class MetricsView:
         self.scrape_s = scrape_s
         self.window_s = window_s
         self.queue_samples: dict[int, float] = {}
+        self.serving_samples: dict[int, int] = {}
 
     def last_scrape(self, t: float) -> int:
         return int(t) - int(t) % self.scrape_s
@@ -37,11 +38,16 @@ class MetricsView:
         w -= w % self.scrape_s
         return (self.cum[s] - self.cum[s - w]) / w
 
-    def record_queue(self, s: int, backlog: float) -> None:
+    def scrape(self, s: int, *, backlog: float, serving_gpus: int) -> None:
+        """The gauges at a scrape: queue depth and GPU replicas serving."""
         self.queue_samples[s] = backlog
+        self.serving_samples[s] = serving_gpus
 
     def queue(self, t: float) -> float | None:
         return self.queue_samples.get(self.last_scrape(t))
+
+    def serving(self, t: float) -> int | None:
+        return self.serving_samples.get(self.last_scrape(t))
 
     def count(self, start: int, end: int) -> float:
         """Requests that arrived in [start, end), as a load balancer counting them would know."""

@@ -6,7 +6,13 @@ import pytest
 
 from controller import fakes, ports, reconciler
 from controller.clock import FakeClock
-from controller.core import model
+from controller.core import model, policy
+
+# Sizing without forecasting or headroom: 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the
+# history, so these tests pin the reconcile loop rather than the policy.
+PLAIN = policy.BurstPolicy(
+    target_utilization=0.8, forecast_quantile=0.0, headroom_sigmas=0.0, fall_stabilization_s=300.0
+)
 
 SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=10, spot=True)
 ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=10)
@@ -27,7 +33,7 @@ class World:
     def restart(self) -> reconciler.Reconciler:
         """A fresh controller process over the same world and store (what a crash leaves)."""
         self.rec = reconciler.Reconciler(
-            reconciler.Setup((FACE,), (SPOT, ONDEMAND)),
+            reconciler.Setup((FACE,), (SPOT, ONDEMAND), PLAIN),
             clock=self.clock,
             metrics=self.metrics,
             cluster=self.cluster,
@@ -66,11 +72,9 @@ def test_burst_then_release_walks_the_whole_lifecycle() -> None:
     assert w.infra.serving_gpus() == 8
 
     w.metrics.set("face", 20.0)  # 1 GPU of demand: private is enough
-    w.run(200)
+    w.run(285)
     assert set(w.statuses().values()) == {"ready"}, "released inside the stabilization window"
-    w.run(120)
-    assert set(w.statuses().values()) <= {"draining", "releasing", "released"}
-    w.run(60)
+    w.run(300)
     released = {t.node for r in w.reports for t in r.transitions if t.after is model.NodeStatus.RELEASED}
     assert len(released) == 8
     assert set(w.statuses().values()) <= {"released"}  # a released record leaves the table next tick
@@ -90,7 +94,7 @@ def test_cordon_and_scale_down_precede_removal_from_the_stack() -> None:
     shrink_at = next(t for t, nodes in applies if len(nodes) < 3)
     drained = [t for t, ev, _ in w.infra.events if ev == "gone"]
     assert drained and min(drained) >= shrink_at
-    for t, tr in ((r.at, tr) for r in w.reports for tr in r.transitions):
+    for tr in (tr for r in w.reports for tr in r.transitions):
         if tr.after is model.NodeStatus.RELEASING:
             assert tr.before is model.NodeStatus.DRAINING or tr.before is model.NodeStatus.FAILED
 

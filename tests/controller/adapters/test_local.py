@@ -21,7 +21,7 @@ import pytest
 from controller import fakes, reconciler
 from controller.adapters import local
 from controller.clock import FakeClock
-from controller.core import model
+from controller.core import model, policy
 
 WAIT_S = 20.0
 
@@ -331,7 +331,14 @@ def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
     metrics = fakes.FakeMetricSource()
     store = fakes.MemoryStore()
     rec = reconciler.Reconciler(
-        reconciler.Setup((FACE,), (LOCAL,)),
+        # Plain sizing (no forecast, no headroom): 60 / (25 x 0.8) = 3 GPUs.
+        reconciler.Setup(
+            (FACE,),
+            (LOCAL,),
+            policy.BurstPolicy(
+                target_utilization=0.8, forecast_quantile=0.0, headroom_sigmas=0.0, fall_stabilization_s=300.0
+            ),
+        ),
         clock=clock,
         metrics=metrics,
         cluster=pool,
