@@ -28,6 +28,9 @@ class Trend:
     slope_sigma: float
     """Standard error of the slope."""
     n: int
+    noise: float = 0.0
+    """The demand's own short-term noise: a robust scale of its second differences, which a ramp or a
+    single step (a burst starting or ending) does not inflate the way it inflates `sigma`."""
 
 
 def trend(samples: Sequence[tuple[float, float]]) -> Trend | None:
@@ -52,7 +55,10 @@ def trend(samples: Sequence[tuple[float, float]]) -> Trend | None:
     slope = cxy / cxx
     level = (sy - slope * sx) / n
     sigma = math.sqrt(max(0.0, cyy - slope * cxy) / (n - 2))
-    return Trend(level=level, slope=slope, sigma=sigma, slope_sigma=sigma / math.sqrt(cxx), n=n)
+    second = sorted(abs(samples[i][1] - 2 * samples[i - 1][1] + samples[i - 2][1]) for i in range(2, n))
+    # For white noise the second difference has sd sigma x sqrt(6); 1.4826 x median is a robust sd.
+    noise = 1.4826 * second[len(second) // 2] / math.sqrt(6.0)
+    return Trend(level, slope, sigma, sigma / math.sqrt(cxx), n, noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,10 @@ class Forecast:
     """The highest demand expected between now and the horizon."""
     sigma_rps: float
     """The demand's short-term variability around its trend (one standard deviation)."""
+    noise_rps: float
+    """The robust part of that variability: the noise a single step or a ramp does not inflate."""
+    recent_max_rps: float
+    """The highest demand sample over the trend window."""
     sigma_horizon_rps: float
     """How far the demand may be from the trend by the horizon (variability and slope uncertainty)."""
     source: str

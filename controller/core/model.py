@@ -7,6 +7,7 @@ time in the simulator); nothing in the core reads a clock itself.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,7 +92,16 @@ class WorkloadMetrics:
 
     @property
     def known(self) -> bool:
-        return self.rate_rps is not None and self.queue_depth is not None and not self.problems
+        """Demand and queue both read, finite and non-negative: anything else is unknown, not zero."""
+        return (
+            not self.problems
+            and self.rate_rps is not None
+            and self.queue_depth is not None
+            and math.isfinite(self.rate_rps)
+            and math.isfinite(self.queue_depth)
+            and self.rate_rps >= 0
+            and self.queue_depth >= 0
+        )
 
 
 @dataclass(frozen=True, slots=True)

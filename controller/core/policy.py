@@ -76,6 +76,8 @@ class PolicyState:
     memory: Mapping[str, Memory] = field(default_factory=dict)
     recommendations: tuple[tuple[float, int], ...] = ()
     """(time, burst GPUs recommended) over the stabilization window."""
+    released: tuple[float, float, int] | None = None
+    """The last release: (time, demand planned for then, burst GPUs kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ class _Need:
     gpus: int
     keep: int
     """GPUs below which a release would likely be undone before a relaunch could serve."""
+    demand_rps: float
+    """The demand sized for: the forecast peak, or more when a queue says so."""
     forecast: forecast.Forecast
     reason: str
 
@@ -142,7 +146,8 @@ def _sure_slope(fit: forecast.Trend) -> float:
     """The upward slope, shrunk by how sure it is: a slope within its own noise barely counts."""
     if fit.slope <= 0:
         return 0.0
-    return fit.slope * fit.slope**2 / (fit.slope**2 + fit.slope_sigma**2)
+    spread = fit.slope**2 + fit.slope_sigma**2
+    return fit.slope * fit.slope**2 / spread if spread > 0 else fit.slope
 
 
 def _forecast(
@@ -154,7 +159,16 @@ def _forecast(
     fit = forecast.trend(recent)
     if fit is None:
         spread = math.sqrt(max(latest, 1.0))
-        return forecast.Forecast(latest, latest, spread, spread, "latest", 0.0)
+        return forecast.Forecast(
+            now_rps=latest,
+            peak_rps=latest,
+            sigma_rps=spread,
+            noise_rps=spread,
+            recent_max_rps=latest,
+            sigma_horizon_rps=spread,
+            source="latest",
+            confidence=0.0,
+        )
     now = max(0.0, fit.level + fit.slope * lag_s)
     # A rise is carried to the horizon, shrunk by how sure it is (a slope within its noise barely
     # counts); a fall takes nothing away before it shows in the demand itself.
@@ -190,7 +204,19 @@ def _forecast(
     )
     rising = fit.slope - fit.slope_sigma > 0
     spread = math.sqrt(fit.sigma**2 + (fit.slope_sigma * horizon_s) ** 2)
-    return forecast.Forecast(now, max(now, peak), fit.sigma, spread, source, confidence, falling, rising)
+    top = max(v for _, v in recent)
+    return forecast.Forecast(
+        now_rps=now,
+        peak_rps=max(now, peak),
+        sigma_rps=fit.sigma,
+        noise_rps=fit.noise,
+        recent_max_rps=top,
+        sigma_horizon_rps=spread,
+        source=source,
+        confidence=confidence,
+        falling=falling,
+        rising=rising,
+    )
 
 
 def _need(
@@ -217,7 +243,12 @@ def _need(
             if implied > demand:
                 demand = implied
                 notes.append(f"queue implies {implied:.0f} req/s")
-    headroom = policy.headroom_sigmas * fc.sigma_rps
+    # Variability headroom reaches at most back to the recent high (plus the robust noise): a sharp
+    # drop inflates the spread around the trend, and must not buy capacity above what was just needed.
+    headroom = min(
+        policy.headroom_sigmas * fc.sigma_rps,
+        max(0.0, fc.recent_max_rps - demand) + policy.headroom_sigmas * fc.noise_rps,
+    )
     errors = mem.errors
     # Forecast errors are surprises on the way up; during a sustained fall only the noise needs cover.
     if errors is not None and errors.total >= _MIN_ERRORS and not fc.falling:
@@ -236,7 +267,7 @@ def _need(
     # A release must leave room for one more standard deviation of where demand may go by the horizon.
     upper = demand + max(headroom, (policy.headroom_sigmas + 1) * fc.sigma_horizon_rps)
     keep = capacity.gpus_for(upper, w, utilization=policy.target_utilization)
-    return _Need(gpus, keep, fc, ", ".join(notes)), catch_up
+    return _Need(gpus, keep, demand, fc, ", ".join(notes)), catch_up
 
 
 def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, PolicyState]:
@@ -268,6 +299,7 @@ def decide(
     target_gpus: dict[str, int] = {}
     recommended = 0
     keep = 0
+    planned = 0.0
     transient = 0
     falling = bool(inputs.workloads)
     rising = False
@@ -286,6 +318,7 @@ def decide(
         target_gpus[w.name] = max(need.gpus + catch_up, w.private_gpus)
         base = max(0, need.gpus - w.private_gpus)
         recommended += base
+        planned += need.demand_rps
         keep += max(0, need.keep - w.private_gpus)
         # Catch-up GPUs fill what private capacity has left over first, and are not stabilized: they
         # are wanted only while the backlog lasts.
@@ -311,6 +344,22 @@ def decide(
                 + (", demand falling)" if falling else ")")
             )
 
+    released = state.released
+    if (
+        released is not None
+        and burst > released[2]
+        and inputs.at - released[0] < policy.scale_down_stabilization_s
+        and planned <= released[1]
+    ):
+        # Relaunching what was just released would pay a boot for nothing: only a demand above what
+        # was planned for at the release (or lost nodes to replace) justifies it.
+        burst = max(released[2], min(burst, have))
+        reasons.append(
+            f"not relaunching within {policy.scale_down_stabilization_s:.0f} s of a release: "
+            f"{planned:.0f} req/s is within the {released[1]:.0f} planned for then"
+        )
+    if burst < have:
+        released = (inputs.at, planned, burst)
     burst += transient
     room = {p.name: p.max_nodes - inputs.leaving.get(p.name, 0) for p in inputs.pools}
     for name in sorted(inputs.unavailable):
@@ -347,4 +396,4 @@ def decide(
         reasons=tuple(reasons),
         budget_binding=limited.budget_binding,
     )
-    return decision, PolicyState(memory=memory, recommendations=history)
+    return decision, PolicyState(memory=memory, recommendations=history, released=released)
