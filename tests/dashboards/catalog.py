@@ -1,0 +1,122 @@
+"""What the code really exports: every series name, its family's type and labels, and the label values
+the code can produce, read from the exposition of the real collectors after exercising each of them.
+
+Reading the exposition, not the constants, is the point: a label renamed in a registration call, a
+counter's `_total` or a histogram's `_bucket` all show up here exactly as Prometheus will store them.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import prometheus_client
+from prometheus_client import parser
+
+from controller import telemetry
+from controller.core import model
+from workloads.face_compare import batcher
+from workloads.face_compare import metrics as fc
+from workloads.face_compare import settings as fc_settings
+
+TARGET_LABELS = frozenset({"job", "instance"})
+"""Added by Prometheus to every scraped series."""
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    family: str
+    type: str
+    labels: frozenset[str]
+    buckets: frozenset[str] = frozenset()
+    """`le` values as the exposition writes them (`0.5`, `+Inf`), for a histogram's `_bucket`."""
+
+
+def _exposed(text: str) -> dict[str, Series]:
+    out: dict[str, Series] = {}
+    for family in parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            known = out.get(sample.name)
+            labels = frozenset(sample.labels) | TARGET_LABELS | (known.labels if known else frozenset())
+            buckets = known.buckets if known else frozenset()
+            if "le" in sample.labels:
+                buckets = buckets | {sample.labels["le"]}
+            out[sample.name] = Series(sample.name, family.name, family.type, labels, buckets)
+    return out
+
+
+def _families(registry: prometheus_client.CollectorRegistry) -> set[str]:
+    return {f.name for f in registry.collect()}
+
+
+def controller() -> tuple[dict[str, Series], set[str]]:
+    """The controller's series after one tick, an apply of each result, a metrics read, a leadership
+    change and an orphan audit; and the names of every family registered (exercised or not)."""
+    pool = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=1.0, boot_s=60.0, max_nodes=3)
+    spec = model.WorkloadSpec("face-compare", gpu_rps=10.0, service_time_s=0.1, slo_s=0.5, private_gpus=1)
+    tel = telemetry.Telemetry(
+        workloads=[spec], pools=[pool], ledger=lambda: {"spot": (3600.0, 1.0)}, budget=lambda: 5.0
+    )
+    decision = model.Decision(
+        at=10.0,
+        action=model.Action.SCALE_UP,
+        target_nodes={"spot": 1},
+        target_gpus={"face-compare": 2},
+        demand_rps={"face-compare": 12.0},
+        forecast_rps={"face-compare": 15.0},
+        reasons=("demand",),
+    )
+    transition = model.Transition(10.0, "n1", "spot", None, model.NodeStatus.REQUESTED, "scale up")
+    tel.metrics_read({"face-compare": model.WorkloadMetrics(rate_rps=12.0)}, at=10.0)
+    tel.sample_ages({"face-compare": 1.0})
+    tel.observe(
+        model.TickReport(
+            at=10.0,
+            synced=True,
+            decision=decision,
+            nodes={"spot": {"requested": 1}},
+            transitions=(transition,),
+            acted=(),
+            errors=("drain n0: refused",),
+            duration_s=0.01,
+        )
+    )
+    tel.apply_finished("spot", duration_s=30.0, ok=True)
+    tel.apply_finished("spot", duration_s=30.0, ok=False)
+    tel.set_leader(True)
+    tel.set_orphans("cloud_not_in_cluster", 1)
+    return _exposed(tel.exposition().decode()), _families(tel.registry)
+
+
+def workload() -> tuple[dict[str, Series], set[str]]:
+    """The workload's series after a request and a batch, and every registered family's name."""
+    m = fc.WorkloadMetrics(placement="burst", pool="spot")
+    m.observe_request(endpoint=fc.ENDPOINT_EMBED, tier="vip", code=200, seconds=0.1)
+    m.queue_depth.set(3)
+    m.inflight.set(1)
+    m.batch_size.observe(4)
+    m.inference_seconds.observe(0.01)
+    m.ready.set(1)
+    return _exposed(m.exposition().decode()), _families(m.registry)
+
+
+def series() -> dict[str, Series]:
+    """Every series name either component exports."""
+    return {**controller()[0], **workload()[0]}
+
+
+def label_values() -> Mapping[str, frozenset[str]]:
+    """The values the code can give the labels whose values are a closed set."""
+    endpoints = {v for k, v in vars(fc).items() if k.startswith("ENDPOINT_") and isinstance(v, str)}
+    return {
+        "status": frozenset(s.value for s in model.NodeStatus),
+        "action": frozenset(a.value for a in model.Action),
+        "reason": frozenset(telemetry.REASONS),
+        "result": frozenset({"succeeded", "failed"}),
+        "kind": frozenset({"cloud_not_in_cluster", "cluster_not_in_stack"}),
+        fc.PLACEMENT: frozenset(typing.get_args(fc_settings.Placement)),
+        fc.TIER: frozenset({*batcher.TIERS, fc.TIER_INVALID}),
+        fc.ENDPOINT: frozenset(endpoints),
+    }
