@@ -33,6 +33,15 @@ def _bucket(values: np.ndarray, width: int, how: str = "mean") -> np.ndarray:
     return np.asarray(shaped.max(axis=1) if how == "max" else shaped.mean(axis=1))
 
 
+def best_baseline(runs: Sequence[engine.Run]) -> str | None:
+    """The peer with the highest SLO attainment, the cheaper one on a tie (static-peak and
+    private-only are reference points, not peers)."""
+    peers = [r for r in runs if r.policy not in ("gpuburst", "oracle", "static-peak", "private-only")]
+    if not peers:
+        return None
+    return max(peers, key=lambda r: (round(r.slo_attainment, 4), -r.cost_usd)).policy
+
+
 def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
     n = sc.duration_s
     # About 1,500 points across the plot, whatever the trace length.
@@ -46,14 +55,19 @@ def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
     ax_demand.axhline(
         sc.private_gpus * sc.workload.gpu_rps, color="black", ls=":", lw=1, label="private capacity"
     )
+    best = best_baseline(runs)
+    bold = {"gpuburst", "oracle", best}
     for run in runs:
-        lw = 2.0 if run.policy in ("gpuburst", "oracle") else 1.0
+        # gpuburst, the oracle and the best baseline stand out; the rest stay for context.
+        lw, alpha = (2.0, 1.0) if run.policy in bold else (0.8, 0.35)
         color = COLORS.get(run.policy)
         cap = _bucket(run.ready_gpus * sc.workload.gpu_rps, width, "mean")
-        ax_demand.plot(hours, cap, lw=lw, color=color, label=f"{run.policy} capacity")
-        ax_nodes.plot(hours, _bucket(run.billed_nodes, width, "mean"), lw=lw, color=color, label=run.policy)
-        cost = np.cumsum(run.usd_per_hour) / 3600.0
-        ax_cost.plot(hours, cost[width - 1 :: width][: len(hours)], lw=lw, color=color, label=run.policy)
+        label = f"{run.policy} (best baseline)" if run.policy == best else run.policy
+        ax_demand.plot(hours, cap, lw=lw, alpha=alpha, color=color, label=f"{label} capacity")
+        nodes = _bucket(run.billed_nodes, width, "mean")
+        ax_nodes.plot(hours, nodes, lw=lw, alpha=alpha, color=color, label=label)
+        cost = (np.cumsum(run.usd_per_hour) / 3600.0)[width - 1 :: width][: len(hours)]
+        ax_cost.plot(hours, cost, lw=lw, alpha=alpha, color=color, label=label)
     ax_demand.set_ylabel("requests / s")
     ax_demand.set_title(f"{sc.name}: demand and serving capacity (bucket {width} s)")
     ax_demand.legend(loc="upper left", fontsize=8, ncol=2)
