@@ -19,6 +19,9 @@ from controller.core import lifecycle, limits, model, policy
 
 log = logging.getLogger("gpuburst.reconciler")
 
+REPLICAS_RESYNC_S = 300.0
+"""Replica counts are written when they change, and at least this often."""
+
 
 @dataclass(frozen=True, slots=True)
 class Setup:
@@ -54,7 +57,8 @@ class Reconciler:
         self.store = store
         self.observers = list(observers)
         self.dry_run = dry_run
-        self._replicas_set: dict[tuple[str, str], int] = {}
+        self._replicas_set: dict[tuple[str, str], tuple[int, float]] = {}
+        """(workload, pool) -> (replicas last set, when): skips a write per pool per tick."""
         self.last_report: model.TickReport | None = None
 
     # -- observe ------------------------------------------------------------------------------------
@@ -188,8 +192,10 @@ class Reconciler:
         for node in plan.cordon:
             attempt(f"cordon {node}", self.cluster.cordon, node)
         for (workload, pool), n in sorted(plan.replicas.items()):
-            if self._replicas_set.get((workload, pool)) != n:
-                attempt(f"replicas {workload}/{pool}={n}", self._scale, workload, pool, n)
+            last = self._replicas_set.get((workload, pool))
+            # Re-assert now and then: someone may have scaled the Deployment by hand since.
+            if last is None or last[0] != n or obs.at - last[1] >= REPLICAS_RESYNC_S:
+                attempt(f"replicas {workload}/{pool}={n}", self._scale, workload, pool, n, obs.at)
         for node in plan.drain:
             attempt(f"drain {node}", self.cluster.drain, node)
         for pool, nodes in sorted(plan.desired.items()):
@@ -198,9 +204,9 @@ class Reconciler:
                 attempt(f"submit {pool} [{len(nodes)} nodes]", self.capacity.submit, pool, nodes)
         return acted
 
-    def _scale(self, workload: str, pool: str, replicas: int) -> None:
+    def _scale(self, workload: str, pool: str, replicas: int, at: float) -> None:
         self.cluster.set_replicas(workload, pool, replicas)
-        self._replicas_set[(workload, pool)] = replicas
+        self._replicas_set[(workload, pool)] = (replicas, at)
 
 
 def overridden(setup: Setup, overrides: ports.Overrides) -> Setup:

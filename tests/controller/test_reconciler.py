@@ -184,3 +184,14 @@ def test_dry_run_decides_but_neither_commits_nor_acts() -> None:
     report = w.run(0)
     assert report.decision.target_nodes["spot"] == 8
     assert w.store.version == 0 and w.infra.instances == {}
+
+
+def test_replica_counts_are_reasserted_after_a_hand_edit() -> None:
+    w = World()
+    w.metrics.set("face", 200.0)
+    w.run(300)
+    w.infra.set_replicas("face", "spot", 0)  # someone scaled the Deployment by hand
+    w.run(120)
+    assert w.infra.replicas[("face", "spot")] == 0, "within the resync interval the write is skipped"
+    w.run(300)
+    assert w.infra.replicas[("face", "spot")] == 8
