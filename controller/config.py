@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 
 from controller import errors, policy_file, reconciler
 from controller.adapters import prometheus as prometheus_adapter
@@ -294,12 +293,7 @@ class Loaded:
 
 def parse(data: Any, *, source: Path) -> Loaded:
     """A Loaded config from already-parsed YAML; errors name `source` and the field path."""
-    if not isinstance(data, dict):
-        raise errors.UserError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
-    try:
-        config = Config.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise errors.UserError(f"{source}: {policy_file.describe(exc)}") from None
+    config = errors.validated(Config, data, where=source, what="a config")
     if config.policy_file is None:
         burst_policy = policy_file.load()
     else:
@@ -311,15 +305,7 @@ def parse(data: Any, *, source: Path) -> Loaded:
 
 def load(path: str | Path) -> Loaded:
     source = Path(path).resolve()
-    try:
-        text = source.read_text()
-    except OSError as exc:
-        raise errors.UserError(f"{path}: cannot read config file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise errors.UserError(f"{path}: not valid YAML: {exc}") from None
-    return parse(data, source=source)
+    return parse(errors.read_yaml(source, what="config file"), source=source)
 
 
 def _check_budget(config: Config, burst_policy: policy.BurstPolicy, *, source: Path) -> None:

@@ -59,14 +59,7 @@ class _Policy(pydantic.BaseModel):
 
 def parse(data: Any, *, where: str) -> policy.BurstPolicy:
     """A BurstPolicy from already-parsed YAML; errors name `where` and the field."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise errors.UserError(f"{where}: a policy is a mapping of fields, got {type(data).__name__}")
-    try:
-        p = _Policy.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise errors.UserError(f"{where}: {describe(exc)}") from None
+    p = errors.validated(_Policy, {} if data is None else data, where=where, what="a policy")
     fields = p.model_dump()
     fields["burst_tiers"] = frozenset(p.burst_tiers)
     return policy.BurstPolicy(**fields)
@@ -74,27 +67,7 @@ def parse(data: Any, *, where: str) -> policy.BurstPolicy:
 
 def load(path: str | Path = DEFAULT) -> policy.BurstPolicy:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise errors.UserError(f"{path}: cannot read policy file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise errors.UserError(f"{path}: not valid YAML: {exc}") from None
-    return parse(data, where=str(path))
-
-
-def describe(exc: pydantic.ValidationError) -> str:
-    """Pydantic's errors as `field.path: message; ...`, the way a person reads them."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    return parse(errors.read_yaml(path, what="policy file"), where=str(path))
 
 
 def register(sub: Any) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pydantic
 import yaml
 
-from controller import errors, policy_file
+from controller import errors
 from controller.core import model
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -157,22 +157,11 @@ def resolve(name_or_path: str) -> Path:
 
 def load(name_or_path: str) -> Scenario:
     path = resolve(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise errors.UserError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise errors.UserError(f"{path}: not valid YAML: {exc}") from None
-    return parse(data, path=path)
+    return parse(errors.read_yaml(path, what="scenario"), path=path)
 
 
 def parse(data: Any, *, path: Path) -> Scenario:
-    if not isinstance(data, dict):
-        raise errors.UserError(f"{path}: a scenario is a mapping of fields")
-    try:
-        sc = _Scenario.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise errors.UserError(f"{path}: {policy_file.describe(exc)}") from None
+    sc = errors.validated(_Scenario, data, where=path, what="a scenario")
     trace_path = (path.parent / sc.trace).resolve()
     times, counts = read_trace(trace_path)
     arrivals = per_second(times, counts, where=trace_path)

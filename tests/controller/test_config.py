@@ -160,7 +160,7 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(errors.UserError, match=r"bad\.yaml: not valid YAML"):
         config.load(bad)
     bad.write_text("- just a list\n")
-    with pytest.raises(errors.UserError, match=r"bad\.yaml: a config is a mapping of sections, got list"):
+    with pytest.raises(errors.UserError, match=r"bad\.yaml: a config is a mapping of fields, got list"):
         config.load(bad)
 
 
