@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controller import fakes, ports, reconciler
-from controller.clock import FakeClock
+from controller import ports
 from controller.core import model, policy
+from tests.support import fake_world
 
 # Sizing without forecasting or headroom: 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the
 # history, so these tests pin the reconcile loop rather than the policy.
@@ -14,50 +14,16 @@ PLAIN = policy.BurstPolicy(
     target_utilization=0.8, forecast_quantile=0.0, headroom_sigmas=0.0, fall_stabilization_s=300.0
 )
 
-SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=10, spot=True)
-ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=10)
-FACE = model.WorkloadSpec("face", gpu_rps=25, service_time_s=0.06, slo_s=0.5, private_gpus=2)
 
-
-class World:
-    def __init__(self, *, apply_delay_s: float = 0.0, dry_run: bool = False) -> None:
-        self.clock = FakeClock(1000.0)
-        self.infra = fakes.FakeInfra(self.clock, [SPOT, ONDEMAND], apply_delay_s=apply_delay_s)
-        self.metrics = fakes.FakeMetricSource()
-        self.cluster = fakes.FakeCluster(self.infra)
-        self.store = fakes.MemoryStore()
-        self.reports: list[model.TickReport] = []
-        self.dry_run = dry_run
-        self.rec = self.restart()
-
-    def restart(self) -> reconciler.Reconciler:
-        """A fresh controller process over the same world and store (what a crash leaves)."""
-        self.rec = reconciler.Reconciler(
-            reconciler.Setup((FACE,), (SPOT, ONDEMAND), PLAIN),
-            clock=self.clock,
-            metrics=self.metrics,
-            cluster=self.cluster,
-            capacity=fakes.FakeCapacity(self.infra),
-            store=self.store,
-            observers=[self.reports.append],
-            dry_run=self.dry_run,
-        )
-        return self.rec
-
-    def run(self, seconds: float, *, every: float = 15.0) -> model.TickReport:
-        end = self.clock.now() + seconds
-        report = self.rec.tick()
-        while self.clock.now() + every <= end:
-            self.clock.advance(every)
-            report = self.rec.tick()
-        return report
-
-    def statuses(self) -> dict[str, str]:
-        return {n: r.status.value for n, r in self.store.records.items()}
+def plain_world(*, apply_delay_s: float = 0.0, dry_run: bool = False) -> fake_world.World:
+    """The shared fake world with plain sizing; a dry-run controller when asked."""
+    w = fake_world.World(burst_policy=PLAIN, apply_delay_s=apply_delay_s)
+    w.rec.dry_run = dry_run
+    return w
 
 
 def test_burst_then_release_walks_the_whole_lifecycle() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 200.0)  # 200 / (25 * 0.8) = 10 GPUs, 2 private -> 8 burst
     report = w.run(0)
     assert report.decision.action is model.Action.SCALE_UP
@@ -85,7 +51,7 @@ def test_burst_then_release_walks_the_whole_lifecycle() -> None:
 
 
 def test_cordon_and_scale_down_precede_removal_from_the_stack() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 100.0)
     w.run(300)
     w.metrics.set("face", 0.0)
@@ -100,7 +66,7 @@ def test_cordon_and_scale_down_precede_removal_from_the_stack() -> None:
 
 
 def test_unknown_metrics_hold_and_never_release() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 200.0)
     w.run(300)
     before = dict(w.statuses())
@@ -116,7 +82,7 @@ def test_unknown_metrics_hold_and_never_release() -> None:
 
 
 def test_cluster_unreachable_holds_without_marking_nodes_gone() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 200.0)
     w.run(300)
     w.cluster.fail_reads = True
@@ -126,7 +92,7 @@ def test_cluster_unreachable_holds_without_marking_nodes_gone() -> None:
 
 
 def test_insufficient_spot_capacity_falls_back_to_on_demand() -> None:
-    w = World()
+    w = plain_world()
     w.infra.refuse_capacity.add("spot")
     w.metrics.set("face", 100.0)  # 5 GPUs -> 3 burst
     w.run(0)
@@ -141,7 +107,7 @@ def test_insufficient_spot_capacity_falls_back_to_on_demand() -> None:
 
 
 def test_crash_between_commit_and_act_converges_without_leak_or_double_create() -> None:
-    w = World(apply_delay_s=30)
+    w = plain_world(apply_delay_s=30)
     w.metrics.set("face", 200.0)
     w.cluster.fail_reads = False
     # Commit, then "crash" before acting: swap the capacity for one that dies on submit.
@@ -167,7 +133,7 @@ class _Crashing:
 
 
 def test_a_conflicting_writer_stops_the_tick_before_it_acts() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 200.0)
     stale = w.store.load()
     w.rec.tick()
@@ -179,7 +145,7 @@ def test_a_conflicting_writer_stops_the_tick_before_it_acts() -> None:
 
 
 def test_dry_run_decides_but_neither_commits_nor_acts() -> None:
-    w = World(dry_run=True)
+    w = plain_world(dry_run=True)
     w.metrics.set("face", 200.0)
     report = w.run(0)
     assert report.decision.target_nodes["spot"] == 8
@@ -187,7 +153,7 @@ def test_dry_run_decides_but_neither_commits_nor_acts() -> None:
 
 
 def test_replica_counts_are_reasserted_after_a_hand_edit() -> None:
-    w = World()
+    w = plain_world()
     w.metrics.set("face", 200.0)
     w.run(300)
     w.infra.set_replicas("face", "spot", 0)  # someone scaled the Deployment by hand
