@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.cog import encoder
 
@@ -19,9 +20,9 @@ from dashboards import controller, rules, workload
 HERE = Path(__file__).resolve().parent
 
 
-def dashboards() -> dict[str, dict[str, object]]:
+def dashboards() -> dict[str, dict[str, Any]]:
     """Each dashboard's JSON model, by its path relative to `dashboards/`."""
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for module in (controller, workload):
         text = json.dumps(module.build().build(), cls=encoder.JSONEncoder)
         out[module.FILE] = json.loads(text)

@@ -133,16 +133,16 @@ def slow_ratio(window: str, *matchers: str) -> str:
     return f"1 - (sum(rate({fast}[{window}])) / sum(rate({everything}[{window}])))"
 
 
-def slo_records() -> Group:
+def slo_records() -> list[Record]:
     """The SLIs over every window the burn-rate alerts read, recorded once instead of per evaluation."""
-    rules: list[Record | Alert] = []
+    rules: list[Record] = []
     for w in SLI_WINDOWS:
         rules.append(Record(_ratio_name("errors", w), error_ratio(w)))
         rules.append(Record(_ratio_name("slow", w), slow_ratio(w)))
     rules.append(
         Record(P99_BY_TIER, promql.quantile(0.99, fc.REQUEST_DURATION_SECONDS, window="5m", group=[fc.TIER]))
     )
-    return Group("facecompare-slo.rules", rules)
+    return rules
 
 
 def _burn_alerts() -> list[Alert]:
@@ -187,7 +187,10 @@ def workload_alerts() -> Group:
     ready = fc.READY
     queue = fc.QUEUE_DEPTH
     where = f"{fc.PLACEMENT}, {fc.POOL}"
+    # The records come first in the same group: a group evaluates its rules in order, so the alerts read
+    # this evaluation's SLIs (across groups they would lag by an interval, or not, depending on timing).
     rules: list[Record | Alert] = [
+        *slo_records(),
         *_burn_alerts(),
         Alert(
             alert="FaceCompareLatencyP99OverSLO",
@@ -254,7 +257,7 @@ def workload_alerts() -> Group:
             ),
         ),
     ]
-    return Group("facecompare.alerts", rules)
+    return Group("facecompare", rules)
 
 
 def controller_alerts() -> Group:
@@ -458,11 +461,11 @@ def controller_alerts() -> Group:
             ),
         ),
     ]
-    return Group("gpuburst-controller.alerts", rules)
+    return Group("gpuburst-controller", rules)
 
 
 def groups() -> tuple[Group, ...]:
-    return (slo_records(), workload_alerts(), controller_alerts())
+    return (workload_alerts(), controller_alerts())
 
 
 def alerts() -> list[Alert]:

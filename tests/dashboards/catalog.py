@@ -7,6 +7,7 @@ counter's `_total` or a histogram's `_bucket` all show up here exactly as Promet
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from workloads.face_compare import settings as fc_settings
 
 TARGET_LABELS = frozenset({"job", "instance"})
 """Added by Prometheus to every scraped series."""
+WORKLOAD = "face-compare"
+POOL = "spot"
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,72 @@ class Series:
     """`le` values as the exposition writes them (`0.5`, `+Inf`), for a histogram's `_bucket`."""
 
 
-def _exposed(text: str) -> dict[str, Series]:
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+    cumulative: bool
+    """A counter or histogram part: it only grows."""
+
+
+def _telemetry() -> telemetry.Telemetry:
+    """A leading controller after a scale-up and a scale-down tick, an apply of each result, a metrics
+    read and an orphan audit."""
+    pool = model.PoolSpec(POOL, gpus_per_node=1, price_per_hour=1.0, boot_s=60.0, max_nodes=3)
+    spec = model.WorkloadSpec(WORKLOAD, gpu_rps=10.0, service_time_s=0.1, slo_s=0.5, private_gpus=1)
+    tel = telemetry.Telemetry(
+        workloads=[spec], pools=[pool], ledger=lambda: {POOL: (3600.0, 1.0)}, budget=lambda: 5.0
+    )
+    decision = model.Decision(
+        at=10.0,
+        action=model.Action.SCALE_UP,
+        target_nodes={POOL: 1},
+        target_gpus={WORKLOAD: 2},
+        demand_rps={WORKLOAD: 12.0},
+        forecast_rps={WORKLOAD: 15.0},
+        reasons=("demand",),
+    )
+    tel.metrics_read({WORKLOAD: model.WorkloadMetrics(rate_rps=12.0)}, at=10.0)
+    tel.sample_ages({WORKLOAD: 1.0})
+    tel.observe(
+        model.TickReport(
+            at=10.0,
+            synced=True,
+            decision=decision,
+            nodes={POOL: {"requested": 1}},
+            transitions=(model.Transition(10.0, "n1", POOL, None, model.NodeStatus.REQUESTED, "scale up"),),
+            acted=(),
+            errors=("drain n0: refused",),
+            duration_s=0.01,
+        )
+    )
+    released = dataclasses.replace(decision, at=20.0, action=model.Action.SCALE_DOWN, reasons=("demand",))
+    tel.observe(model.TickReport(20.0, True, released, {POOL: {"ready": 1}}, (), (), ()))
+    tel.apply_finished(POOL, duration_s=30.0, ok=True)
+    tel.apply_finished(POOL, duration_s=30.0, ok=False)
+    tel.set_leader(True)
+    tel.set_orphans("cloud_not_in_cluster", 1)
+    return tel
+
+
+def _serving() -> fc.WorkloadMetrics:
+    """A ready burst replica that answered a request and ran a batch."""
+    m = fc.WorkloadMetrics(placement="burst", pool=POOL)
+    m.observe_request(endpoint=fc.ENDPOINT_EMBED, tier="vip", code=200, seconds=0.1)
+    m.queue_depth.set(3)
+    m.inflight.set(1)
+    m.batch_size.observe(4)
+    m.inference_seconds.observe(0.01)
+    m.ready.set(1)
+    return m
+
+
+def _families(registry: prometheus_client.CollectorRegistry) -> set[str]:
+    return {f.name for f in registry.collect()}
+
+
+def _series(text: str) -> dict[str, Series]:
     out: dict[str, Series] = {}
     for family in parser.text_string_to_metric_families(text):
         for sample in family.samples:
@@ -47,59 +115,16 @@ def _exposed(text: str) -> dict[str, Series]:
     return out
 
 
-def _families(registry: prometheus_client.CollectorRegistry) -> set[str]:
-    return {f.name for f in registry.collect()}
-
-
 def controller() -> tuple[dict[str, Series], set[str]]:
-    """The controller's series after one tick, an apply of each result, a metrics read, a leadership
-    change and an orphan audit; and the names of every family registered (exercised or not)."""
-    pool = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=1.0, boot_s=60.0, max_nodes=3)
-    spec = model.WorkloadSpec("face-compare", gpu_rps=10.0, service_time_s=0.1, slo_s=0.5, private_gpus=1)
-    tel = telemetry.Telemetry(
-        workloads=[spec], pools=[pool], ledger=lambda: {"spot": (3600.0, 1.0)}, budget=lambda: 5.0
-    )
-    decision = model.Decision(
-        at=10.0,
-        action=model.Action.SCALE_UP,
-        target_nodes={"spot": 1},
-        target_gpus={"face-compare": 2},
-        demand_rps={"face-compare": 12.0},
-        forecast_rps={"face-compare": 15.0},
-        reasons=("demand",),
-    )
-    transition = model.Transition(10.0, "n1", "spot", None, model.NodeStatus.REQUESTED, "scale up")
-    tel.metrics_read({"face-compare": model.WorkloadMetrics(rate_rps=12.0)}, at=10.0)
-    tel.sample_ages({"face-compare": 1.0})
-    tel.observe(
-        model.TickReport(
-            at=10.0,
-            synced=True,
-            decision=decision,
-            nodes={"spot": {"requested": 1}},
-            transitions=(transition,),
-            acted=(),
-            errors=("drain n0: refused",),
-            duration_s=0.01,
-        )
-    )
-    tel.apply_finished("spot", duration_s=30.0, ok=True)
-    tel.apply_finished("spot", duration_s=30.0, ok=False)
-    tel.set_leader(True)
-    tel.set_orphans("cloud_not_in_cluster", 1)
-    return _exposed(tel.exposition().decode()), _families(tel.registry)
+    """The controller's exported series, and the names of every family it registers."""
+    tel = _telemetry()
+    return _series(tel.exposition().decode()), _families(tel.registry)
 
 
 def workload() -> tuple[dict[str, Series], set[str]]:
-    """The workload's series after a request and a batch, and every registered family's name."""
-    m = fc.WorkloadMetrics(placement="burst", pool="spot")
-    m.observe_request(endpoint=fc.ENDPOINT_EMBED, tier="vip", code=200, seconds=0.1)
-    m.queue_depth.set(3)
-    m.inflight.set(1)
-    m.batch_size.observe(4)
-    m.inference_seconds.observe(0.01)
-    m.ready.set(1)
-    return _exposed(m.exposition().decode()), _families(m.registry)
+    """The workload's exported series, and the names of every family it registers."""
+    m = _serving()
+    return _series(m.exposition().decode()), _families(m.registry)
 
 
 def series() -> dict[str, Series]:
@@ -120,3 +145,23 @@ def label_values() -> Mapping[str, frozenset[str]]:
         fc.TIER: frozenset({*batcher.TIERS, fc.TIER_INVALID}),
         fc.ENDPOINT: frozenset(endpoints),
     }
+
+
+def samples() -> list[Sample]:
+    """What Prometheus scrapes from a leading controller, a ready burst replica that served a request and
+    a private replica still warming up, each with its target's job and instance."""
+    warming = fc.WorkloadMetrics(placement="private", pool="private")
+    return [
+        *_scrape(_telemetry().exposition().decode(), job="gpuburst-controller", instance="controller-0"),
+        *_scrape(_serving().exposition().decode(), job="face-compare", instance="burst-0"),
+        *_scrape(warming.exposition().decode(), job="face-compare", instance="private-0"),
+    ]
+
+
+def _scrape(text: str, *, job: str, instance: str) -> list[Sample]:
+    out = []
+    for family in parser.text_string_to_metric_families(text):
+        for s in family.samples:
+            cumulative = family.type in ("counter", "histogram") and not s.name.endswith("_created")
+            out.append(Sample(s.name, {**s.labels, "job": job, "instance": instance}, s.value, cumulative))
+    return out

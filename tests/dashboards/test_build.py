@@ -81,7 +81,7 @@ def test_dashboard_structure(relative: str) -> None:
         assert p["fieldConfig"]["defaults"]["unit"], where
         assert p["datasource"]["uid"] == "${datasource}", where
         pos = p["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, where
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, where
         ref_ids = [t["refId"] for t in p["targets"]]
         assert ref_ids == [chr(ord("A") + i) for i in range(len(ref_ids))], where
         for t in p["targets"]:
