@@ -144,7 +144,8 @@ def stat(
     width: int = 4,
     height: int = 4,
 ) -> stat_b.Panel:
-    """A single current value, coloured by `thresholds`; `mappings` turn exact values into words."""
+    """A single current value, coloured by `thresholds`; `mappings` turn exact values into words and
+    `no_value` is shown when there is no series or the value is NaN (a budget that is not set)."""
     panel = (
         stat_b.Panel()
         .title(title)
@@ -159,15 +160,21 @@ def stat(
         .graph_mode(common_m.BigValueGraphMode.NONE)
         .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
+    maps: list[dash_m.ValueMapping] = []
     if mappings:
         options = {
             value: dash_m.ValueMappingResult(text=text, color=color, index=i)
             for i, (value, (text, color)) in enumerate(mappings.items())
         }
-        panel = panel.mappings([dash_m.ValueMap(options=options)])
+        maps.append(dash_m.ValueMap(options=options))
     if no_value is not None:
         panel = panel.no_value(no_value)
-    return panel
+        nan = dash_m.DashboardSpecialValueMapOptions(
+            match=dash_m.SpecialValueMatch.NULL_AND_NAN,
+            result=dash_m.ValueMappingResult(text=no_value, index=len(maps)),
+        )
+        maps.append(dash_m.SpecialValueMap(options=nan))
+    return panel.mappings(maps) if maps else panel
 
 
 class Board:
