@@ -4,9 +4,7 @@ exports, with labels and label values the code produces, and returns data on the
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,10 +14,8 @@ import pytest
 import yaml
 
 from dashboards import build, rules
-from tests.dashboards import catalog
+from tests.dashboards import catalog, promtool
 from tests.dashboards import promql_lex as lex
-
-PROMTOOL = os.environ.get("PROMTOOL_BIN") or shutil.which("promtool") or "/usr/bin/promtool"
 
 GRAFANA_MACROS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
 """Grafana's interval macros with values Grafana could give them, so promtool reads plain PromQL."""
@@ -29,12 +25,6 @@ _LABEL_VALUES = re.compile(r"^label_values\((?P<metric>\w+),\s*(?P<label>\w+)\)$
 SERIES = catalog.series()
 RECORDED = {r.record for g in rules.groups() for r in g.rules if isinstance(r, rules.Record)}
 VALUES = catalog.label_values()
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    if not Path(PROMTOOL).is_file():
-        pytest.fail(f"promtool not found at {PROMTOOL}: `make prometheus` installs Debian's prometheus")
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def _walk(node: Any, where: str) -> Iterator[tuple[str, str]]:
@@ -115,7 +105,7 @@ def _check_file(exprs: Sequence[str], path: Path) -> subprocess.CompletedProcess
         ]
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return promtool("check", "rules", str(path))
+    return promtool.run("check", "rules", str(path))
 
 
 def test_every_expression_parses(tmp_path: Path) -> None:
@@ -134,7 +124,7 @@ def test_the_parse_check_refuses_broken_promql(tmp_path: Path) -> None:
 
 
 def test_committed_rules_file_passes_promtool() -> None:
-    result = promtool("check", "rules", str(build.HERE / rules.RULES_FILE))
+    result = promtool.run("check", "rules", str(build.HERE / rules.RULES_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {sum(len(g.rules) for g in rules.groups())} rules found" in result.stdout
 
@@ -238,5 +228,5 @@ def test_every_query_returns_data_from_the_real_collectors(tmp_path: Path) -> No
     }
     path = tmp_path / "returns_data_test.yaml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
-    result = promtool("test", "rules", str(path))
+    result = promtool.run("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,7 +11,7 @@ import yaml
 
 from controller.core import lifecycle
 from dashboards import build, rules
-from tests.dashboards.test_queries import promtool
+from tests.dashboards import promtool
 
 UNIT_TESTS = Path(__file__).with_name("rules_test.yaml")
 ALERTS = {a.alert: a for a in rules.alerts()}
@@ -37,7 +37,7 @@ def test_alert_unit_tests(tmp_path: Path) -> None:
     assert len(tested) >= 12
     path = tmp_path / "rules_test.yaml"
     path.write_text(yaml.safe_dump(_with_descriptions(doc, build.HERE / rules.RULES_FILE), sort_keys=False))
-    result = promtool("test", "rules", str(path))
+    result = promtool.run("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -53,7 +53,7 @@ def test_the_unit_tests_fail_when_an_alert_misbehaves(tmp_path: Path) -> None:
     assert len(doc["tests"]) == 3
     path = tmp_path / "rules_test.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    result = promtool("test", "rules", str(path))
+    result = promtool.run("test", "rules", str(path))
     assert result.returncode != 0
     for alert in ("GpuburstNotTicking", "GpuburstMetricsStale", "GpuburstBudgetBinding"):
         assert f"alertname: {alert}," in result.stdout + result.stderr
