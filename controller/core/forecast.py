@@ -33,20 +33,44 @@ class Trend:
     single step (a burst starting or ending) does not inflate the way it inflates `sigma`."""
 
 
-def trend(samples: Sequence[tuple[float, float]]) -> Trend | None:
-    """Fit `value = level + slope x (t - t_last)`; None with fewer than three samples."""
+def trend(samples: Sequence[tuple[float, float]], *, noise: bool = False) -> Trend | None:
+    """Fit `value = level + slope x (t - t_last)`; None with fewer than three samples.
+
+    `noise` also estimates the robust noise scale (a sort per call: asked for only where used)."""
+    return trends(samples, suffix=0, noise=noise)[0]
+
+
+def trends(
+    samples: Sequence[tuple[float, float]], *, suffix: int, noise: bool = False
+) -> tuple[Trend | None, Trend | None]:
+    """The fit through all samples and the fit through the last `suffix` of them, in one pass (this
+    runs every tick for every workload)."""
     n = len(samples)
     if n < 3:
-        return None
+        return None, None
     t_last = samples[-1][0]
     sx = sy = sxx = sxy = syy = 0.0
-    for t, y in samples:  # one pass: this runs every tick for every workload
+    short: Trend | None = None
+    for k in range(n):
+        t, y = samples[n - 1 - k]
         x = t - t_last
         sx += x
         sy += y
         sxx += x * x
         sxy += x * y
         syy += y * y
+        if k + 1 == suffix and suffix >= 3:
+            short = _fit(suffix, (sx, sy, sxx, sxy, syy))
+    full = _fit(n, (sx, sy, sxx, sxy, syy))
+    if full is not None and noise:
+        second = sorted(abs(samples[i][1] - 2 * samples[i - 1][1] + samples[i - 2][1]) for i in range(2, n))
+        # For white noise the second difference has sd sigma x sqrt(6); 1.4826 x median is a robust sd.
+        full = replace(full, noise=1.4826 * second[len(second) // 2] / math.sqrt(6.0))
+    return full, short
+
+
+def _fit(n: int, sums: tuple[float, float, float, float, float]) -> Trend | None:
+    sx, sy, sxx, sxy, syy = sums
     cxx = sxx - sx * sx / n
     if cxx <= 0:
         return None
@@ -55,10 +79,7 @@ def trend(samples: Sequence[tuple[float, float]]) -> Trend | None:
     slope = cxy / cxx
     level = (sy - slope * sx) / n
     sigma = math.sqrt(max(0.0, cyy - slope * cxy) / (n - 2))
-    second = sorted(abs(samples[i][1] - 2 * samples[i - 1][1] + samples[i - 2][1]) for i in range(2, n))
-    # For white noise the second difference has sd sigma x sqrt(6); 1.4826 x median is a robust sd.
-    noise = 1.4826 * second[len(second) // 2] / math.sqrt(6.0)
-    return Trend(level, slope, sigma, sigma / math.sqrt(cxx), n, noise)
+    return Trend(level, slope, sigma, sigma / math.sqrt(cxx), n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +118,10 @@ def observe(s: Seasonal, t: float, value: float, *, alpha: float = 0.5) -> Seaso
     idx = s.index(t)
     started = t if s.started_at is None else s.started_at
     if idx == s.bin_index:
-        return replace(s, started_at=started, bin_sum=s.bin_sum + value, bin_count=s.bin_count + 1)
+        # The common case, every tick: built directly (dataclasses.replace costs a field walk).
+        return Seasonal(
+            s.period_s, s.bin_s, s.values, s.seen, started, idx, s.bin_sum + value, s.bin_count + 1, s.error
+        )
     values, seen, error = s.values, s.seen, s.error
     if s.bin_index >= 0 and s.bin_count > 0:
         mean = s.bin_sum / s.bin_count

@@ -13,6 +13,7 @@ it will not be needed again before a relaunch could serve.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -119,13 +120,17 @@ class _Need:
     reason: str
 
 
+def _time(sample: tuple[float, float]) -> float:
+    return sample[0]
+
+
 _MIN_ERRORS = 20.0
 """Forecast errors (decayed weight) needed before they, rather than the variability, size headroom."""
 
 
 def _remember(mem: Memory, at: float, demand: float, policy: BurstPolicy) -> Memory:
     start = at - max(policy.trend_window_s, policy.fall_window_s)
-    samples = (*(s for s in mem.samples if s[0] > start), (at, demand))
+    samples = (*mem.samples[bisect.bisect_right(mem.samples, start, key=_time) :], (at, demand))
     errors = mem.errors or forecast.ErrorHistogram.empty()
     pending = mem.pending
     if pending and pending[0][0] <= at:
@@ -155,8 +160,8 @@ def _forecast(
 ) -> forecast.Forecast:
     """The demand now and the highest it may reach by the horizon, with the spread to plan for."""
     latest = mem.samples[-1][1]
-    recent = tuple(x for x in mem.samples if x[0] > at - policy.trend_window_s)
-    fit = forecast.trend(recent)
+    recent = mem.samples[bisect.bisect_right(mem.samples, at - policy.trend_window_s, key=_time) :]
+    fit, late = forecast.trends(recent, suffix=policy.fast_samples, noise=True)
     if fit is None:
         spread = math.sqrt(max(latest, 1.0))
         return forecast.Forecast(
@@ -174,7 +179,6 @@ def _forecast(
     # counts); a fall takes nothing away before it shows in the demand itself.
     rise = _sure_slope(fit)
     # An accelerating ramp shows first in the last few samples.
-    late = forecast.trend(recent[-policy.fast_samples :]) if policy.fast_samples >= 3 else None
     if late is not None:
         rise = max(rise, _sure_slope(late))
     peak = now + rise * horizon_s
@@ -195,13 +199,10 @@ def _forecast(
         break
     # Falling means a sustained decline: down beyond its noise both lately and over the longer window,
     # which on/off bursts are not.
-    longer = forecast.trend(mem.samples)
-    falling = (
-        source == "trend"
-        and fit.slope + policy.headroom_sigmas * fit.slope_sigma < 0
-        and longer is not None
-        and longer.slope + policy.headroom_sigmas * longer.slope_sigma < 0
-    )
+    falling = source == "trend" and fit.slope + policy.headroom_sigmas * fit.slope_sigma < 0
+    if falling:  # the longer fit is asked only when the short one already points down
+        longer = forecast.trend(mem.samples)
+        falling = longer is not None and longer.slope + policy.headroom_sigmas * longer.slope_sigma < 0
     rising = fit.slope - fit.slope_sigma > 0
     spread = math.sqrt(fit.sigma**2 + (fit.slope_sigma * horizon_s) ** 2)
     top = max(v for _, v in recent)
