@@ -6,9 +6,10 @@ call this same function; the state it returns is all it remembers between ticks.
 Per workload it estimates demand now (a trend through recent samples, corrected for the rate window's
 lag, and the arrivals a growing queue implies), forecasts the highest demand before a node launched now
 could serve (the trend, and daily or weekly seasonality once learned and proven), adds headroom sized
-from the observed variability and the forecast's uncertainty, and catch-up capacity for any backlog.
-Releases wait until the lower target has held for the stabilization window, so a node leaves only when
-it will not be needed again before a relaunch could serve.
+from its own past forecast errors and the observed variability, and catch-up capacity for any backlog.
+Releases wait until the lower target has held for the stabilization window (shorter once demand has
+been falling beyond its noise), never happen while demand rises, and are not undone within the window
+unless demand rose beyond what was planned at the release.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class BurstPolicy:
     error_half_life_s: float = 6 * 3600.0
     """How fast old forecast errors fade from the headroom estimate."""
     headroom_sigmas: float = 2.0
-    """Until enough errors are known: spare capacity in standard deviations of short-term variability."""
+    """At least this many standard deviations of short-term variability are kept spare."""
     trend_window_s: float = 300.0
-    fast_samples: int = 8
     """How much recent demand the trend is fitted to."""
+    fast_samples: int = 8
+    """The latest samples fitted again, so an accelerating ramp shows before the whole window sees it."""
     horizon_extra_s: float = 30.0
     """Added to the boot time: the wait for the next tick and the next scrape."""
     seasonality: bool = True
