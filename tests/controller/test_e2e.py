@@ -87,6 +87,17 @@ class Cloud:
                 self.kube.delete("nodes", node, namespace=None)
 
 
+# The face-compare workload as both end-to-end runs configure it.
+_WORKLOAD_CONFIG = {
+    "name": WORKLOAD,
+    "gpu_rps": 25,
+    "service_time_s": 0.06,
+    "slo_s": 0.5,
+    "private_gpus": 2,
+    "prometheus": {"selector": f'job="{prom.JOB}"', "window": f"{WINDOW_S}s"},
+}
+
+
 def _write_config(tmp_path: Path, data: Mapping[str, Any]) -> config.Loaded:
     (tmp_path / "policy.yaml").write_text(
         "scale_down_stabilization_s: 120\nboot_timeout_s: 600\ndrain_timeout_s: 300\n"
@@ -135,16 +146,7 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
         loaded = _write_config(
             tmp_path,
             {
-                "workloads": [
-                    {
-                        "name": WORKLOAD,
-                        "gpu_rps": 25,
-                        "service_time_s": 0.06,
-                        "slo_s": 0.5,
-                        "private_gpus": 2,
-                        "prometheus": {"selector": f'job="{prom.JOB}"', "window": f"{WINDOW_S}s"},
-                    }
-                ],
+                "workloads": [_WORKLOAD_CONFIG],
                 "pools": [
                     {
                         "name": POOL,
@@ -266,16 +268,7 @@ def test_burst_and_release_with_real_local_workers(
     loaded = _write_config(
         tmp_path,
         {
-            "workloads": [
-                {
-                    "name": WORKLOAD,
-                    "gpu_rps": 25,
-                    "service_time_s": 0.06,
-                    "slo_s": 0.5,
-                    "private_gpus": 2,
-                    "prometheus": {"selector": f'job="{prom.JOB}"', "window": f"{WINDOW_S}s"},
-                }
-            ],
+            "workloads": [_WORKLOAD_CONFIG],
             "pools": [
                 {
                     "name": "local",
