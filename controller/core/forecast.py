@@ -203,13 +203,17 @@ def record_error(h: ErrorHistogram, error: float, *, decay: float) -> ErrorHisto
 
 
 def error_quantile(h: ErrorHistogram, q: float) -> float:
-    """The relative error not exceeded with probability q (the upper edge of its bin); 0 if none."""
+    """The relative error not exceeded with probability q (interpolated within its bin); 0 if none."""
     if h.total <= 0:
         return 0.0
     need = q * h.total
     acc = 0.0
     for i, w in enumerate(h.weights):
+        if acc + w >= need:
+            if i == 0 or w <= 0:
+                return i * h.bin_width
+            # Linear within the bin, as Prometheus' histogram_quantile does: the bin's upper edge would
+            # overstate the quantile by up to a whole bin.
+            return (i - 1 + (need - acc) / w) * h.bin_width
         acc += w
-        if acc >= need:
-            return i * h.bin_width
     return (len(h.weights) - 1) * h.bin_width

@@ -61,8 +61,10 @@ def test_error_quantile_follows_the_recorded_errors_and_forgets() -> None:
     h = forecast.ErrorHistogram.empty()
     for e in [0.01] * 90 + [0.30] * 10:
         h = forecast.record_error(h, e, decay=1.0)
-    assert forecast.error_quantile(h, 0.8) == pytest.approx(0.02)  # upper edge of the 1 % bin
-    assert forecast.error_quantile(h, 0.95) == pytest.approx(0.32)
+    # Interpolated within the bin, not its upper edge: 80 of the 90 errors in (0, 2 %] ...
+    assert forecast.error_quantile(h, 0.8) == pytest.approx(0.02 * 80 / 90)
+    # ... and the 95th percentile halfway into the (30 %, 32 %] bin that holds the last 10.
+    assert forecast.error_quantile(h, 0.95) == pytest.approx(0.31)
     for _ in range(200):  # a calm spell: old surprises fade
         h = forecast.record_error(h, -0.01, decay=0.97)
     assert forecast.error_quantile(h, 0.95) == 0.0
