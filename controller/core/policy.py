@@ -29,7 +29,7 @@ class BurstPolicy:
     name: str = "default"
     target_utilization: float = 0.97
     """Fraction of a replica's sustained rate it is planned to carry at the forecast demand."""
-    forecast_quantile: float = 0.8
+    forecast_quantile: float = 0.82
     """Headroom covers this quantile of the workload's own past forecast errors at the boot horizon."""
     error_half_life_s: float = 6 * 3600.0
     """How fast old forecast errors fade from the headroom estimate."""
@@ -222,6 +222,19 @@ def _forecast(
     )
 
 
+def _jump(mem: Memory, window_s: float) -> float:
+    """The arrival rate a sudden jump implies: a rate averaged over a window climbs by 1/window of the
+    jump per second, so the rate one window ago plus the latest climb times the window is the rate now.
+    A queue that stands says capacity is short; then the lagging average would size for too little."""
+    if len(mem.samples) < 2:
+        return 0.0
+    (t1, r1), (t2, r2) = mem.samples[-2], mem.samples[-1]
+    if t2 <= t1 or r2 <= r1:
+        return 0.0
+    before = bisect.bisect_right(mem.samples, t2 - window_s, key=_time) - 1
+    return mem.samples[max(0, before)][1] + window_s * (r2 - r1) / (t2 - t1)
+
+
 def _need(
     w: model.WorkloadSpec,
     m: model.WorkloadMetrics,
@@ -238,14 +251,21 @@ def _need(
     queue = (m.queue_depth or 0.0) * share
     notes = [f"{w.name}: {fc.now_rps:.0f} req/s now, {fc.peak_rps:.0f} by +{horizon_s:.0f}s ({fc.source})"]
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else None
+    arrivals = fc.now_rps  # the best estimate of what arrives now: what a backlog drains against
     if mem.queue is not None and serving is not None and (queue > 0 or mem.queue[1] > 0):
         # While a queue stands, arrivals are what was served plus what the queue grew by.
         t0, q0 = mem.queue
         if inputs.at > t0:
             implied = serving * w.gpu_rps * share + (queue - q0) / (inputs.at - t0)
+            arrivals = max(arrivals, implied)
             if implied > demand:
                 demand = implied
                 notes.append(f"queue implies {implied:.0f} req/s")
+    if queue > 0:
+        jump = _jump(mem, m.window_s)
+        if jump > arrivals:
+            arrivals, demand = jump, max(demand, jump)
+            notes.append(f"rate jump implies {jump:.0f} req/s")
     # Variability headroom reaches at most back to the recent high (plus the robust noise): a sharp
     # drop inflates the spread around the trend, and must not buy capacity above what was just needed.
     headroom = min(
@@ -261,7 +281,7 @@ def _need(
     # A backlog needs capacity above today's demand to drain; capacity bought for the forecast demand
     # already gives some, so only what it lacks is extra.
     drain = capacity.gpus_for(
-        fc.now_rps + queue / policy.backlog_drain_s, w, utilization=policy.target_utilization
+        arrivals + queue / policy.backlog_drain_s, w, utilization=policy.target_utilization
     )
     catch_up = max(0, drain - gpus)
     if catch_up:

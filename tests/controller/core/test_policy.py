@@ -171,3 +171,26 @@ def test_reasons_tell_a_person_what_was_seen_and_decided() -> None:
     decisions, _ = drive(lambda t: 300.0, until=300)
     text = " ".join(decisions[-1].reasons)
     assert "req/s now" in text and "GPUs" in text and "private" in text
+
+
+def test_a_jump_that_floods_the_queue_is_sized_in_full_at_the_first_tick() -> None:
+    """80 -> 500 req/s at t=600: the 60 s rate shows 185 at 615, the queue 30 s of private capacity."""
+
+    def rate(t: float) -> float:
+        return 80.0 + 420.0 * min(1.0, max(0.0, t - 600) / 60)
+
+    def first_tick(queue: float) -> model.Decision:
+        state = policy.PolicyState()
+        for t in range(0, 615, 15):
+            m = dataclasses.replace(metrics(rate(t)), ready_replicas={"private": 4})
+            _, state = policy.decide(inputs(t, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+        m = dataclasses.replace(metrics(rate(615), queue=queue), ready_replicas={"private": 4})
+        d, _ = policy.decide(inputs(615, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+        return d
+
+    flooded = first_tick(3000.0)
+    # 500 req/s at 97 % of 25 per GPU, plus 3000 queued drained in 30 s: 25 GPUs, 21 of them cloud.
+    assert sum(flooded.target_nodes.values()) >= 21
+    assert any("rate jump implies 500 req/s" in r for r in flooded.reasons)
+    # Without a standing queue the same rate reads as a ramp still to be confirmed.
+    assert sum(first_tick(0.0).target_nodes.values()) < 17
