@@ -4,9 +4,10 @@ Pure: `decide(inputs, state, policy) -> (Decision, new_state)`. The live control
 call this same function; the state it returns is all it remembers between ticks.
 
 Per workload it estimates demand now (a trend through recent samples, corrected for the rate window's
-lag, and the arrivals a growing queue implies), forecasts the highest demand before a node launched now
-could serve (the trend, and daily or weekly seasonality once learned and proven), adds headroom sized
-from its own past forecast errors and the observed variability, and catch-up capacity for any backlog.
+lag, and, while a queue stands, the arrivals its growth or the rate's climb imply), forecasts the
+highest demand before a node launched now could serve (the trend, and daily or weekly seasonality once
+learned and proven), adds headroom sized from its own past forecast errors and the observed variability,
+and catch-up capacity for any backlog.
 Releases wait until the lower target has held for the stabilization window (shorter once demand has
 been falling beyond its noise), never happen while demand rises, and are not undone within the window
 unless demand rose beyond what was planned at the release.
