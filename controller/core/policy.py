@@ -225,8 +225,8 @@ def _forecast(
 
 def _jump(mem: Memory, window_s: float) -> float:
     """The arrival rate a sudden jump implies: a rate averaged over a window climbs by 1/window of the
-    jump per second, so the rate one window ago plus the latest climb times the window is the rate now.
-    A queue that stands says capacity is short; then the lagging average would size for too little."""
+    jump per second, so the rate one window ago (steady before the jump) plus the latest climb times the
+    window is the rate now. Asked only while a queue stands, when the lagging average sizes too little."""
     if len(mem.samples) < 2:
         return 0.0
     (t1, r1), (t2, r2) = mem.samples[-2], mem.samples[-1]
