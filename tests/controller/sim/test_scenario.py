@@ -23,6 +23,18 @@ def test_every_shipped_scenario_loads_with_its_trace() -> None:
         assert [p.spec.name for p in sc.pools] == ["aws-g5-spot", "aws-g5-ondemand"]
 
 
+def test_the_held_out_scenarios_in_docs_load_as_the_readme_describes() -> None:
+    heldout = Path(__file__).resolve().parents[3] / "docs" / "heldout"
+    names = sorted(p.stem for p in heldout.glob("*.yaml"))
+    assert names == ["diurnal-30s", "flash-slowboot", "step-fastboot", "wc-early", "wc-final-fastboot"]
+    early = scenario.load(str(heldout / "wc-early.yaml"))
+    assert early.duration_s == 20 * 86400 and early.private_gpus == 8
+    assert scenario.peak_window_rate(early.arrivals, 60) == pytest.approx(600.0)
+    fast = scenario.load(str(heldout / "wc-final-fastboot.yaml"))
+    assert (fast.scrape_interval_s, fast.rate_window_s) == (30, 120)
+    assert {p.spec.boot_s for p in fast.pools} == {120}
+
+
 def test_window_and_rescale_follow_the_format() -> None:
     sc = scenario.load("worldcup98")
     assert sc.name == "worldcup98-tournament"
