@@ -73,6 +73,9 @@ class WorkloadSpec:
     slo_s: float
     private_gpus: int
     """GPU replicas the private cluster always runs for this workload (no cloud cost)."""
+    timeout_s: float = 30.0
+    """How long a request waits before the service gives up on it: a flooded queue holds at most this
+    many seconds of work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,8 @@ class WorkloadMetrics:
     tier_rps: Mapping[str, float] = field(default_factory=dict)
     ready_replicas: Mapping[str, int] = field(default_factory=dict)
     """Ready replicas by placement (`private`, `burst`)."""
+    recent_rps: float | None = None
+    """Arrivals over the last second or so, as the replicas report them (set only on a surge tick)."""
     problems: tuple[str, ...] = ()
     """Why a value is unknown (query failed, empty, NaN, stale), for the decision's reasons."""
 
@@ -102,6 +107,19 @@ class WorkloadMetrics:
             and self.rate_rps >= 0
             and self.queue_depth >= 0
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PodReading:
+    """What a workload's replicas report about themselves, read from them directly: seconds old, where
+    a Prometheus rate is a scrape interval old and averaged over a window."""
+
+    recent_rps: float | None
+    """Arrivals per second since the previous reading; None on the first."""
+    in_system: float
+    """Requests received and not yet answered, queued or in service."""
+    replicas: int
+    """Replicas that answered the reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +248,5 @@ class TickReport:
     errors: tuple[str, ...]
     duration_s: float = 0.0
     usd_per_hour: float = 0.0
+    surge: tuple[str, ...] = ()
+    """Workloads whose replicas showed a surge and brought this tick forward."""

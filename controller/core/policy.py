@@ -8,6 +8,9 @@ lag, and, while a queue stands, the arrivals its growth or the rate's climb impl
 highest demand before a node launched now could serve (the trend, and daily or weekly seasonality once
 learned and proven), adds headroom sized from its own past forecast errors and the observed variability,
 and catch-up capacity for any backlog.
+On a surge tick (brought forward because the replicas themselves showed a step the scrape has not yet:
+`surging`), their own arrival count is the demand now, and the nodes bought are sized for the backlog
+they will meet when they join, held like any recommendation.
 Releases wait until the lower target has held for the stabilization window (shorter once demand has
 been falling beyond its noise), never happen while demand rises, and are not undone within the window
 unless demand rose beyond what was planned at the release.
@@ -53,6 +56,9 @@ class BurstPolicy:
     """How long a decline must have lasted to count as falling."""
     backlog_drain_s: float = 30.0
     """A queue that built up gets extra capacity sized to clear it within this time."""
+    surge_drain_s: float = 5.0
+    """Nodes bought at a surge are sized to clear, within this time of joining, the backlog that will
+    have built up by then: until it clears, every new request waits behind it past the SLO."""
     burst_tiers: frozenset[str] = frozenset(model.TIERS)
     """Tiers whose demand may buy cloud capacity; the others are served on what exists."""
     budget_usd_per_hour: float | None = None
@@ -236,6 +242,24 @@ def _jump(mem: Memory, window_s: float) -> float:
     return mem.samples[max(0, before)][1] + window_s * (r2 - r1) / (t2 - t1)
 
 
+SURGE_WINDOW_S = 2
+"""Seconds of arrivals a replica reading is averaged over: one busy second is not a surge."""
+SURGE_FACTOR = 2.0
+"""A surge: the replicas see this many times the arrivals the planned capacity serves (Knative's panic
+threshold is the same 200 %)."""
+
+
+def surging(w: model.WorkloadSpec, reading: model.PodReading, *, planned_gpus: int) -> bool:
+    """Whether the replicas show a jump the next scrape has not: arrivals far beyond what the planned
+    GPUs serve, and already a queue a new request would wait in past its SLO. Both, so that a single
+    busy second or a standing queue alone does not buy nodes."""
+    if reading.recent_rps is None or reading.replicas <= 0:
+        return False
+    served = reading.replicas * w.gpu_rps
+    flooded = reading.in_system > served * w.slo_s
+    return flooded and reading.recent_rps > SURGE_FACTOR * planned_gpus * w.gpu_rps
+
+
 def _need(
     w: model.WorkloadSpec,
     m: model.WorkloadMetrics,
@@ -262,6 +286,11 @@ def _need(
             if implied > demand:
                 demand = implied
                 notes.append(f"queue implies {implied:.0f} req/s")
+    surge = m.recent_rps is not None
+    if surge and m.recent_rps is not None and m.recent_rps * share > arrivals:
+        arrivals = m.recent_rps * share
+        demand = max(demand, arrivals)
+        notes.append(f"replicas report {arrivals:.0f} req/s")
     if queue > 0:
         jump = _jump(mem, m.window_s)
         if jump > arrivals:
@@ -279,14 +308,25 @@ def _need(
         headroom = max(headroom, demand * forecast.error_quantile(errors, policy.forecast_quantile))
     notes.append(f"headroom {headroom:.0f} req/s")
     gpus = capacity.gpus_for(demand + headroom, w, utilization=policy.target_utilization)
+    drain_s = policy.backlog_drain_s
+    if surge and serving is not None:
+        # Nodes bought now join after a boot, to the backlog that builds until then: at most what the
+        # service holds before it times requests out.
+        drain_s = policy.surge_drain_s
+        served = serving * w.gpu_rps * share
+        if arrivals > served:
+            queue = max(queue, min(queue + (arrivals - served) * horizon_s, w.timeout_s * served))
+            notes.append(f"surge: {queue:.0f} requests queued by the time new nodes join")
     # A backlog needs capacity above today's demand to drain; capacity bought for the forecast demand
     # already gives some, so only what it lacks is extra.
-    drain = capacity.gpus_for(
-        arrivals + queue / policy.backlog_drain_s, w, utilization=policy.target_utilization
-    )
+    drain = capacity.gpus_for(arrivals + queue / drain_s, w, utilization=policy.target_utilization)
+    if surge:
+        # Held like any recommendation (a catch-up is dropped once the queue empties): these nodes
+        # must still be wanted when they join, after the boot.
+        gpus = max(gpus, drain)
     catch_up = max(0, drain - gpus)
     if catch_up:
-        notes.append(f"queue {queue:.0f}: +{catch_up} GPUs to drain it in {policy.backlog_drain_s:.0f}s")
+        notes.append(f"queue {queue:.0f}: +{catch_up} GPUs to drain it in {drain_s:.0f}s")
     notes.append(f"-> {gpus + catch_up} GPUs ({w.private_gpus} private)")
     # A release must leave room for one more standard deviation of where demand may go by the horizon.
     upper = demand + max(headroom, (policy.headroom_sigmas + 1) * fc.sigma_horizon_rps)

@@ -194,3 +194,43 @@ def test_a_jump_that_floods_the_queue_is_sized_in_full_at_the_first_tick() -> No
     assert any("rate jump implies 500 req/s" in r for r in flooded.reasons)
     # Without a standing queue the same rate reads as a ramp still to be confirmed.
     assert sum(first_tick(0.0).target_nodes.values()) < 17
+
+
+def reading(recent: float | None, in_system: float, replicas: int = 4) -> model.PodReading:
+    return model.PodReading(recent_rps=recent, in_system=in_system, replicas=replicas)
+
+
+def test_a_surge_needs_both_a_flood_of_arrivals_and_a_queue_past_the_slo() -> None:
+    # 4 private GPUs serve 100 req/s; within the SLO they hold 50 requests.
+    assert policy.surging(FACE, reading(450.0, 400.0), planned_gpus=4)
+    assert not policy.surging(FACE, reading(450.0, 40.0), planned_gpus=4), "no queue yet: one busy second"
+    assert not policy.surging(FACE, reading(150.0, 400.0), planned_gpus=4), "a queue, but no flood"
+    assert not policy.surging(FACE, reading(450.0, 400.0), planned_gpus=12), "already planned for"
+    assert not policy.surging(FACE, reading(None, 400.0), planned_gpus=4), "no rate on a first reading"
+    assert not policy.surging(FACE, reading(450.0, 400.0, replicas=0), planned_gpus=4)
+
+
+def test_a_surge_tick_buys_for_the_backlog_the_new_nodes_will_meet() -> None:
+    """80 -> 500 req/s at t=600, seen by the replicas one second later, by Prometheus not yet."""
+    state = policy.PolicyState()
+    for t in range(0, 615, 15):
+        m = dataclasses.replace(metrics(80.0), ready_replicas={"private": 4})
+        _, state = policy.decide(inputs(t, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+    scraped = dataclasses.replace(metrics(80.0, queue=400.0), ready_replicas={"private": 4})
+    d, after = policy.decide(
+        inputs(601, dataclasses.replace(scraped, recent_rps=520.0), active={"spot": 0, "ondemand": 0}),
+        state,
+        DEFAULT,
+    )
+    # By the join the queue holds the service's 30 s of private capacity (3000), to clear within 5 s on
+    # top of 520 req/s, at 97 % of 25 req/s per GPU.
+    cloud = math.ceil((520 + 3000 / 5) / (25 * 0.97)) - FACE.private_gpus
+    assert sum(d.target_nodes.values()) == cloud == 43, d.reasons
+    assert any("replicas report 520 req/s" in r and "surge: 3000" in r for r in d.reasons)
+    # Held like a recommendation: the next regular tick, which sees less, keeps them while they boot.
+    m = dataclasses.replace(metrics(120.0, queue=3000.0), ready_replicas={"private": 4})
+    later, _ = policy.decide(inputs(615, m, active=dict(d.target_nodes)), after, DEFAULT)
+    assert sum(later.target_nodes.values()) == cloud, later.reasons
+    # The regular tick alone, with the same scrape, buys far less.
+    plain, _ = policy.decide(inputs(601, scraped, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+    assert sum(plain.target_nodes.values()) < 20
