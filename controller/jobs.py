@@ -1,6 +1,7 @@
 """The live controller's schedule (APScheduler 3, one background thread): each job calls one method.
 
-Jobs: `leader` (take or renew the Lease), `reconcile` (one tick), `refresh` (pulumi refresh of every
+Jobs: `leader` (take or renew the Lease), `reconcile` (one tick), `surge` (read the replicas, tick at
+once when they show a surge), `refresh` (pulumi refresh of every
 pool stack, to notice instances deleted behind its back), `orphan_audit` and `retention` (prune old
 decisions and audit rows). Every job runs with `max_instances=1` and `coalesce=True`: a slow tick is
 never overlapped by the next, and missed runs collapse into one.
@@ -15,6 +16,7 @@ report, so they too run on the leader only.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,6 +49,8 @@ class Intervals:
     orphan_audit_s: float = 0.0
     """0: no audit job."""
     retention_s: float = 3600.0
+    surge_s: float = 0.0
+    """0: no surge check (no pod reader)."""
 
 
 class Jobs:
@@ -78,6 +82,8 @@ class Jobs:
         self.scheduler = scheduler if scheduler is not None else aps_background.BackgroundScheduler()
         self.ticks = 0
         self._was_leader: bool | None = None
+        self._ticking = threading.Lock()
+        """Held by a tick: the reconcile and surge jobs run on different threads."""
 
     # -- leadership ---------------------------------------------------------------------------------
     def leading(self) -> bool:
@@ -105,7 +111,8 @@ class Jobs:
         if not self.leading():
             return None
         try:
-            report = self.rec.tick()
+            with self._ticking:
+                report = self.rec.tick()
         except Exception:  # the store or an observer failed: log, and the next tick tries again
             log.exception("tick failed")
             return None
@@ -122,6 +129,32 @@ class Jobs:
                 "duration_ms": round(report.duration_s * 1000, 1),
             },
         )
+        return report
+
+    def surge(self) -> model.TickReport | None:
+        """Read the replicas; a surge brings the tick forward (under the tick's lock, never beside it)."""
+        if not self.leading():
+            return None
+        if not self._ticking.acquire(blocking=False):
+            return None  # a tick is running: it reads fresher metrics than this check would add
+        try:
+            report = self.rec.surge_check()
+        except Exception:
+            log.exception("surge tick failed")
+            return None
+        finally:
+            self._ticking.release()
+        if report is not None:
+            self.ticks += 1
+            log.info(
+                "surge tick",
+                extra={
+                    "at": report.at,
+                    "surge": list(report.surge),
+                    "action": report.decision.action.value,
+                    "target_nodes": dict(report.decision.target_nodes),
+                },
+            )
         return report
 
     def refresh(self) -> object:
@@ -163,6 +196,8 @@ class Jobs:
         if self.elector is not None:
             self._add(self.leader, "leader", iv.leader_s, **common)
         self._add(self.reconcile, "reconcile", iv.tick_s, **common)
+        if iv.surge_s > 0:
+            self._add(self.surge, "surge", iv.surge_s, **common)
         if self._refresh is not None and iv.refresh_s > 0:
             self._add(self.refresh, "refresh", iv.refresh_s, **common)
         if self._audit is not None and iv.orphan_audit_s > 0:

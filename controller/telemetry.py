@@ -34,6 +34,8 @@ NODES = "gpuburst_nodes"
 """Gauge {pool, status}: node records per lifecycle status (released excluded)."""
 DECISIONS = "gpuburst_decisions_total"
 """Counter {action, reason}: one per tick; `reason` is the one that shaped it (see REASONS)."""
+SURGE_TICKS = "gpuburst_surge_ticks_total"
+"""Counter {workload}: ticks brought forward because the replicas showed a surge."""
 TRANSITIONS = "gpuburst_node_transitions_total"
 """Counter {pool, status}: transitions into `status`."""
 APPLY_DURATION = "gpuburst_apply_duration_seconds"
@@ -142,6 +144,9 @@ class Telemetry:
         self.decisions = prometheus_client.Counter(
             DECISIONS, "Decisions by action and reason", ["action", "reason"], registry=r
         )
+        self.surge_ticks = prometheus_client.Counter(
+            SURGE_TICKS, "Ticks brought forward by a surge the replicas showed", ["workload"], registry=r
+        )
         self.transitions = prometheus_client.Counter(
             TRANSITIONS, "Node status transitions", ["pool", "status"], registry=r
         )
@@ -203,6 +208,8 @@ class Telemetry:
         for pool, n in d.target_nodes.items():
             self.target_nodes.labels(pool).set(n)
         self.decisions.labels(d.action.value, reason(d)).inc()
+        for w in report.surge:
+            self.surge_ticks.labels(w).inc()
         self.budget_binding.set(1 if d.budget_binding else 0)
         for pool in set(self.pools) | set(report.nodes):
             counts = report.nodes.get(pool, {})

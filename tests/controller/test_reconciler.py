@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller import ports
+from controller import fakes, ports
 from controller.core import model, policy
 from tests.support import fake_world
 
@@ -161,3 +161,28 @@ def test_replica_counts_are_reasserted_after_a_hand_edit() -> None:
     assert w.infra.replicas[("face", "spot")] == 0, "within the resync interval the write is skipped"
     w.run(300)
     assert w.infra.replicas[("face", "spot")] == 8
+
+
+def test_a_surge_the_replicas_show_brings_the_tick_forward() -> None:
+    w = plain_world()
+    pods = fakes.FakePodSource()
+    w.rec.pods = pods
+    pods.values["face"] = model.PodReading(recent_rps=400.0, in_system=300.0, replicas=2)
+    assert w.rec.surge_check() is None, "no plan yet: the first tick comes first"
+    w.metrics.set("face", 40.0)  # 2 GPUs: what private serves
+    w.run(0)
+    pods.values["face"] = model.PodReading(recent_rps=60.0, in_system=300.0, replicas=2)
+    assert w.rec.surge_check() is None, "a queue without a flood of arrivals"
+    pods.fail = True
+    pods.values["face"] = model.PodReading(recent_rps=400.0, in_system=300.0, replicas=2)
+    assert w.rec.surge_check() is None, "an unreadable replica is no surge"
+    pods.fail = False
+    w.clock.advance(1)
+    report = w.rec.surge_check()
+    assert report is not None and report.surge == ("face",)
+    # Prometheus still says 40 req/s and no queue; the replicas' 400 req/s bought the nodes.
+    assert w.reports[0].decision.target_nodes == {"spot": 0, "ondemand": 0}
+    assert sum(report.decision.target_nodes.values()) >= 400 / (25 * 0.8) - 2
+    assert len(w.infra.instances) == sum(report.decision.target_nodes.values())
+    assert any("replicas report 400 req/s" in r for r in report.decision.reasons)
+    assert w.rec.surge_check() is None, "planned for now: the next check buys nothing more"
