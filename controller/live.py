@@ -26,6 +26,7 @@ from controller import clock as clock_mod
 from controller import config as config_mod
 from controller.adapters import kube as kube_adapter
 from controller.adapters import local as local_adapter
+from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.adapters import pulumi_stack
 from controller.core import model
@@ -178,6 +179,7 @@ def build(
         pulumi: list[pulumi_stack.PulumiCapacity] = []
         local: list[local_adapter.LocalPool] = []
         elector: kube_adapter.LeaseElector | None = None
+        pods: pods_adapter.PodReader | None = None
         cluster: ports.Cluster
         capacity: ports.Capacity
         if cfg.adapter_kind == "local":
@@ -195,6 +197,11 @@ def build(
                 context=k.context,
             )
             closers.append(client.close)
+            if cfg.surge_interval_s > 0:
+                pods = pods_adapter.PodReader(
+                    client, k.namespace, {w.name: w.pods for w in cfg.workloads if w.pods}, clock=clock
+                )
+                closers.append(pods.close)
             cluster = kube_adapter.KubeCluster(
                 client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
             )
@@ -226,6 +233,7 @@ def build(
             store=db,
             observers=observers,
             dry_run=dry_run,
+            pods=pods,
         )
         audit = orphans.OrphanAudit(
             [p.name for p in setup.pools],
@@ -246,6 +254,7 @@ def build(
                 refresh_s=cfg.jobs.refresh_interval_s,
                 orphan_audit_s=cfg.jobs.orphan_audit_interval_s,
                 retention_s=cfg.jobs.retention_interval_s,
+                surge_s=cfg.surge_interval_s if pods is not None else 0.0,
             ),
             retention_age_s=cfg.store.retention_days * 86400.0,
             # A dry run writes nothing: no refresh (it rewrites stack state), no pruning.
