@@ -180,6 +180,7 @@ def parse(data: Any, *, path: Path) -> Scenario:
         service_time_s=sc.service.service_time_ms / 1000.0,
         slo_s=sc.service.slo_ms / 1000.0,
         private_gpus=sc.private.gpus,
+        timeout_s=sc.service.timeout_s,
     )
     pools = tuple(
         Pool(
