@@ -37,6 +37,7 @@ class _Policy(pydantic.BaseModel):
     fall_stabilization_s: float = pydantic.Field(_D.fall_stabilization_s, ge=0)
     fall_window_s: float = pydantic.Field(_D.fall_window_s, ge=0)
     backlog_drain_s: float = pydantic.Field(_D.backlog_drain_s, gt=0)
+    surge_drain_s: float = pydantic.Field(_D.surge_drain_s, gt=0)
     burst_tiers: list[str] = pydantic.Field(default_factory=lambda: sorted(_D.burst_tiers), min_length=1)
     budget_usd_per_hour: float | None = pydantic.Field(_D.budget_usd_per_hour, ge=0)
     boot_timeout_s: float = pydantic.Field(_D.boot_timeout_s, gt=0)
