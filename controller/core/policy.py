@@ -79,6 +79,8 @@ class Memory:
     pending: tuple[tuple[float, float], ...] = ()
     """(due time, forecast demand) of forecasts not yet checked against what came."""
     errors: forecast.ErrorHistogram | None = None
+    surge: tuple[float, float] | None = None
+    """(time, arrivals) of the last surge tick: a step already measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +277,13 @@ def _need(
     demand = fc.peak_rps
     queue = (m.queue_depth or 0.0) * share
     notes = [f"{w.name}: {fc.now_rps:.0f} req/s now, {fc.peak_rps:.0f} by +{horizon_s:.0f}s ({fc.source})"]
+    if mem.surge is not None and inputs.at - mem.surge[0] < policy.trend_window_s:
+        # After a step the replicas measured, the rate climbing through its window is that step showing,
+        # not a ramp to carry forward: the forecast stops at the step (a queue can still raise it).
+        step = max(mem.surge[1], mem.samples[-1][1])
+        if demand > step:
+            demand = step
+            notes.append(f"the rate is still showing the {mem.surge[1]:.0f} req/s surge")
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else None
     arrivals = fc.now_rps  # the best estimate of what arrives now: what a backlog drains against
     if mem.queue is not None and serving is not None and (queue > 0 or mem.queue[1] > 0):
@@ -374,6 +383,7 @@ def decide(
         need, catch_up = _need(w, m, mem, inputs=inputs, policy=policy, horizon_s=horizon)
         memory[w.name] = replace(
             mem,
+            surge=(inputs.at, need.demand_rps) if m.recent_rps is not None else mem.surge,
             queue=(inputs.at, (m.queue_depth or 0.0) * share),
             pending=(*mem.pending, (inputs.at + horizon, need.forecast.peak_rps)),
         )

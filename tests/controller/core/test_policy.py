@@ -234,3 +234,22 @@ def test_a_surge_tick_buys_for_the_backlog_the_new_nodes_will_meet() -> None:
     # The regular tick alone, with the same scrape, buys far less.
     plain, _ = policy.decide(inputs(601, scraped, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
     assert sum(plain.target_nodes.values()) < 20
+
+
+def test_after_a_surge_the_rate_catching_up_with_the_step_is_not_a_ramp() -> None:
+    """The step to 500 req/s was measured at 601; the 60 s rate then climbs to it over a minute."""
+    state = policy.PolicyState()
+    for t in range(0, 615, 15):
+        m = dataclasses.replace(metrics(80.0), ready_replicas={"private": 4})
+        _, state = policy.decide(inputs(t, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+    surge = dataclasses.replace(metrics(80.0, queue=400.0), ready_replicas={"private": 4}, recent_rps=500.0)
+    d, state = policy.decide(inputs(601, surge, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
+    bought = sum(d.target_nodes.values())
+    for t in range(615, 900, 15):
+        rate = 80.0 + 420.0 * min(1.0, (t - 600) / 60)
+        m = dataclasses.replace(
+            metrics(rate, queue=3000.0 if t < 840 else 0.0), ready_replicas={"private": 4}
+        )
+        d, state = policy.decide(inputs(t, m, active=dict(d.target_nodes)), state, DEFAULT)
+        assert sum(d.target_nodes.values()) <= bought, (t, d.reasons)
+    assert any("still showing the" in r for r in d.reasons)
