@@ -31,19 +31,24 @@ rates = st.one_of(st.none(), st.floats(0, 5000), st.just(math.nan), st.just(math
 settings_ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _metrics(rate: float | None, queue: float) -> model.WorkloadMetrics:
+def _metrics(rate: float | None, queue: float, recent: float | None = None) -> model.WorkloadMetrics:
     if rate is None:
         return model.WorkloadMetrics(rate_rps=None, queue_depth=None, problems=("no series",))
-    return model.WorkloadMetrics(rate_rps=rate, queue_depth=queue)  # NaN must read as unknown too
+    # NaN must read as unknown too; a replica reading (a surge tick) comes with the replicas serving.
+    return model.WorkloadMetrics(
+        rate_rps=rate, queue_depth=queue, recent_rps=recent, ready_replicas={"private": FACE.private_gpus}
+    )
 
 
-Run = tuple[list[model.PoolSpec], list[tuple[float | None, float]], policy.BurstPolicy, dict[str, int]]
+Step = tuple[float | None, float, float | None]
+Run = tuple[list[model.PoolSpec], list[Step], policy.BurstPolicy, dict[str, int]]
 
 
 @st.composite
 def runs(draw: st.DrawFn) -> Run:
     ps = draw(pools)
-    steps = draw(st.lists(st.tuples(rates, st.floats(0, 20000)), min_size=1, max_size=40))
+    surges = st.one_of(st.none(), st.none(), st.floats(0, 50000))
+    steps = draw(st.lists(st.tuples(rates, st.floats(0, 20000), surges), min_size=1, max_size=40))
     budget = draw(st.one_of(st.none(), st.floats(0, 50)))
     leaving = {p.name: draw(st.integers(0, 5)) for p in ps}
     return ps, steps, policy.BurstPolicy(budget_usd_per_hour=budget), leaving
@@ -51,15 +56,15 @@ def runs(draw: st.DrawFn) -> Run:
 
 def _drive(
     ps: list[model.PoolSpec],
-    steps: list[tuple[float | None, float]],
+    steps: list[Step],
     bp: policy.BurstPolicy,
     leaving: dict[str, int],
 ) -> Iterator[tuple[policy.DecisionInputs, model.Decision]]:
     """Tick through the steps; nodes come and go at once; yield (inputs, decision)."""
     state = policy.PolicyState()
     active = {p.name: 0 for p in ps}
-    for i, (rate, queue) in enumerate(steps):
-        m = _metrics(rate, queue)
+    for i, (rate, queue, recent) in enumerate(steps):
+        m = _metrics(rate, queue, recent)
         inputs = policy.DecisionInputs(
             at=15.0 * i,
             synced=m.known,
