@@ -42,6 +42,7 @@ class Gpuburst:
         self.next_wake = 0.0
         self.next_tick = 0.0
         self.surges = 0
+        self.serving = sc.private_gpus
 
     def _metrics(self, at: float) -> Mapping[str, model.WorkloadMetrics]:
         view = self.w.view
@@ -65,7 +66,7 @@ class Gpuburst:
         t = int(self.w.clock.now())
         w = policy.SURGE_WINDOW_S
         recent = self.w.view.count(t - w, t) / w if t >= w else None
-        gpus = self.serving_gpus()
+        gpus = self.serving
         q = self.w.queue
         in_service = min(recent or 0.0, gpus * self.w.scenario.workload.gpu_rps) * q.service_s
         return {
@@ -83,4 +84,6 @@ class Gpuburst:
             self.surges += 1
 
     def serving_gpus(self) -> int:
-        return self.w.scenario.private_gpus + self.w.infra.serving_gpus()
+        # The engine asks after every wake and every cloud event; the replicas' reading reuses it.
+        self.serving = self.w.scenario.private_gpus + self.w.infra.serving_gpus()
+        return self.serving
