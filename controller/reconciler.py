@@ -113,13 +113,11 @@ class Reconciler:
         }
         if not surge:
             return None
-        log.info(
-            "surge",
-            extra={
-                name: {"recent_rps": r.recent_rps, "in_system": r.in_system, "replicas": r.replicas}
-                for name, r in surge.items()
-            },
-        )
+        shown = {
+            name: {"recent_rps": r.recent_rps, "in_system": r.in_system, "replicas": r.replicas}
+            for name, r in surge.items()
+        }
+        log.info("surge", extra={"surge": shown})
         return self.tick(surge=surge)
 
     def tick(self, *, surge: Mapping[str, model.PodReading] | None = None) -> model.TickReport:
