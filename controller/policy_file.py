@@ -33,6 +33,7 @@ class _Policy(pydantic.BaseModel):
     horizon_extra_s: float = pydantic.Field(_D.horizon_extra_s, ge=0)
     seasonality: bool = _D.seasonality
     seasonal_max_error: float = pydantic.Field(_D.seasonal_max_error, ge=0, le=1)
+    release_quantile: float = pydantic.Field(_D.release_quantile, ge=0, lt=1)
     scale_down_stabilization_s: float = pydantic.Field(_D.scale_down_stabilization_s, ge=0)
     fall_stabilization_s: float = pydantic.Field(_D.fall_stabilization_s, ge=0)
     fall_window_s: float = pydantic.Field(_D.fall_window_s, ge=0)

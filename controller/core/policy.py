@@ -7,13 +7,17 @@ Per workload it estimates demand now (a trend through recent samples, corrected 
 lag, and, while a queue stands, the arrivals its growth or the rate's climb imply), forecasts the
 highest demand before a node launched now could serve (the trend, and daily or weekly seasonality once
 learned and proven), adds headroom sized from its own past forecast errors and the observed variability,
-and catch-up capacity for any backlog.
+and catch-up capacity for any backlog. The trend's fit to the latest few samples (which shows an accelerating
+ramp first) is used only while its forecasts have recently been closer than the plain trend's: a rate
+window turns every step of noisy demand into a short, clean ramp that carried forward buys nodes for
+nothing.
 On a surge tick (brought forward because the replicas themselves showed a step the scrape has not yet:
 `surging`), their own arrival count is the demand now, and the nodes bought are sized for the backlog
 they will meet when they join, held like any recommendation.
 Releases wait until the lower target has held for the stabilization window (shorter once demand has
-been falling beyond its noise), never happen while demand rises, and are not undone within the window
-unless demand rose beyond what was planned at the release.
+been falling beyond its noise), never happen while demand rises, keep what the workload's own forecast
+errors say may be needed before a relaunch could serve, and are not undone within the window unless
+demand rose beyond what was planned at the release.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class BurstPolicy:
     name: str = "default"
     target_utilization: float = 0.97
     """Fraction of a replica's sustained rate it is planned to carry at the forecast demand."""
-    forecast_quantile: float = 0.82
+    forecast_quantile: float = 0.84
     """Headroom covers this quantile of the workload's own past forecast errors at the boot horizon."""
     error_half_life_s: float = 6 * 3600.0
     """How fast old forecast errors fade from the headroom estimate."""
@@ -48,6 +52,9 @@ class BurstPolicy:
     seasonality: bool = True
     seasonal_max_error: float = 0.15
     """A learned daily or weekly profile is trusted only while its recent relative error is below this."""
+    release_quantile: float = 0.98
+    """A release keeps capacity for this quantile of past forecast errors, up to the highest demand of the
+    last fall window: what goes must not be needed again before a relaunch could serve."""
     scale_down_stabilization_s: float = 300.0
     """A release needs the lower target to have held this long (the highest recent target wins)."""
     fall_stabilization_s: float = 120.0
@@ -81,6 +88,10 @@ class Memory:
     errors: forecast.ErrorHistogram | None = None
     surge: tuple[float, float] | None = None
     """(time, arrivals) of the last surge tick: a step already measured."""
+    rivals: tuple[tuple[float, float, float], ...] = ()
+    """(due time, trend forecast with the fast fit, without it), not yet checked against what came."""
+    rival_errors: tuple[float, float] = (0.0, 0.0)
+    """Decayed sums of the absolute relative errors of those two forecasts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,7 @@ class _Need:
     demand_rps: float
     """The demand sized for: the forecast peak, or more when a queue says so."""
     forecast: forecast.Forecast
+    rivals: tuple[float, float]
     reason: str
 
 
@@ -151,11 +163,30 @@ def _remember(mem: Memory, at: float, demand: float, policy: BurstPolicy) -> Mem
             pending = pending[1:]
             errors = forecast.record_error(errors, (demand - predicted) / max(predicted, 1.0), decay=decay)
             decay = 1.0
+    rivals, rival_errors = mem.rivals, mem.rival_errors
+    if rivals and rivals[0][0] <= at:
+        decay = 0.5 ** ((at - samples[-2][0] if len(samples) > 1 else 0.0) / policy.error_half_life_s)
+        with_fast, without = rival_errors[0] * decay, rival_errors[1] * decay
+        while rivals and rivals[0][0] <= at:
+            _, fast, plain = rivals[0]
+            rivals = rivals[1:]
+            with_fast += abs(demand - fast) / max(fast, 1.0)
+            without += abs(demand - plain) / max(plain, 1.0)
+        rival_errors = (with_fast, without)
     daily, weekly = mem.daily, mem.weekly
     if policy.seasonality:
         daily = forecast.observe(daily or forecast.Seasonal.empty(forecast.DAY_S, 600.0), at, demand)
         weekly = forecast.observe(weekly or forecast.Seasonal.empty(forecast.WEEK_S, 3600.0), at, demand)
-    return replace(mem, samples=samples, daily=daily, weekly=weekly, pending=pending, errors=errors)
+    return replace(
+        mem,
+        samples=samples,
+        daily=daily,
+        weekly=weekly,
+        pending=pending,
+        errors=errors,
+        rivals=rivals,
+        rival_errors=rival_errors,
+    )
 
 
 def _sure_slope(fit: forecast.Trend) -> float:
@@ -168,14 +199,15 @@ def _sure_slope(fit: forecast.Trend) -> float:
 
 def _forecast(
     mem: Memory, at: float, *, lag_s: float, horizon_s: float, policy: BurstPolicy
-) -> forecast.Forecast:
-    """The demand now and the highest it may reach by the horizon, with the spread to plan for."""
+) -> tuple[forecast.Forecast, tuple[float, float]]:
+    """The demand now and the highest it may reach by the horizon, with the spread to plan for; and the
+    trend's forecasts with and without the fast fit, to score which has been closer."""
     latest = mem.samples[-1][1]
     recent = mem.samples[bisect.bisect_right(mem.samples, at - policy.trend_window_s, key=_time) :]
     fit, late = forecast.trends(recent, suffix=policy.fast_samples, noise=True)
     if fit is None:
         spread = math.sqrt(max(latest, 1.0))
-        return forecast.Forecast(
+        flat = forecast.Forecast(
             now_rps=latest,
             peak_rps=latest,
             sigma_rps=spread,
@@ -185,13 +217,17 @@ def _forecast(
             source="latest",
             confidence=0.0,
         )
+        return flat, (latest, latest)
     now = max(0.0, fit.level + fit.slope * lag_s)
     # A rise is carried to the horizon, shrunk by how sure it is (a slope within its noise barely
     # counts); a fall takes nothing away before it shows in the demand itself.
-    rise = _sure_slope(fit)
-    # An accelerating ramp shows first in the last few samples.
-    if late is not None:
-        rise = max(rise, _sure_slope(late))
+    plain = _sure_slope(fit)
+    # An accelerating ramp shows first in the last few samples; noise that a rate window smooths into
+    # short ramps shows there too, so the fast fit counts only while it has forecast better.
+    fast = max(plain, _sure_slope(late)) if late is not None else plain
+    rivals = (now + fast * horizon_s, now + plain * horizon_s)
+    with_fast, without = mem.rival_errors
+    rise = fast if with_fast <= without else plain
     peak = now + rise * horizon_s
     source, confidence = "trend", 1.0 / (1.0 + fit.sigma / max(now, 1.0))
     for season in (mem.weekly, mem.daily):
@@ -217,7 +253,7 @@ def _forecast(
     rising = fit.slope - fit.slope_sigma > 0
     spread = math.sqrt(fit.sigma**2 + (fit.slope_sigma * horizon_s) ** 2)
     top = max(v for _, v in recent)
-    return forecast.Forecast(
+    fc = forecast.Forecast(
         now_rps=now,
         peak_rps=max(now, peak),
         sigma_rps=fit.sigma,
@@ -229,6 +265,7 @@ def _forecast(
         falling=falling,
         rising=rising,
     )
+    return fc, rivals
 
 
 def _jump(mem: Memory, window_s: float) -> float:
@@ -273,7 +310,7 @@ def _need(
 ) -> tuple[_Need, int]:
     """GPUs for the forecast demand with its headroom, and the extra GPUs a backlog needs."""
     share = burstable_share(m, policy.burst_tiers)
-    fc = _forecast(mem, inputs.at, lag_s=m.window_s / 2, horizon_s=horizon_s, policy=policy)
+    fc, rivals = _forecast(mem, inputs.at, lag_s=m.window_s / 2, horizon_s=horizon_s, policy=policy)
     demand = fc.peak_rps
     queue = (m.queue_depth or 0.0) * share
     notes = [f"{w.name}: {fc.now_rps:.0f} req/s now, {fc.peak_rps:.0f} by +{horizon_s:.0f}s ({fc.source})"]
@@ -337,10 +374,15 @@ def _need(
     if catch_up:
         notes.append(f"queue {queue:.0f}: +{catch_up} GPUs to drain it in {drain_s:.0f}s")
     notes.append(f"-> {gpus + catch_up} GPUs ({w.private_gpus} private)")
-    # A release must leave room for one more standard deviation of where demand may go by the horizon.
+    # A release must leave room for one more standard deviation of where demand may go by the horizon,
+    # and for the surprises this workload has shown within a boot (as high as demand has lately been:
+    # the errors remember jumps from hours ago, the recent high what this stretch of demand reaches).
     upper = demand + max(headroom, (policy.headroom_sigmas + 1) * fc.sigma_horizon_rps)
+    if errors is not None and errors.total >= _MIN_ERRORS:
+        surprise = demand * (1.0 + forecast.error_quantile(errors, policy.release_quantile))
+        upper = max(upper, min(surprise, max(v for _, v in mem.samples)))
     keep = capacity.gpus_for(upper, w, utilization=policy.target_utilization)
-    return _Need(gpus, keep, demand, fc, ", ".join(notes)), catch_up
+    return _Need(gpus, keep, demand, fc, rivals, ", ".join(notes)), catch_up
 
 
 def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, PolicyState]:
@@ -386,6 +428,7 @@ def decide(
             surge=(inputs.at, need.demand_rps) if m.recent_rps is not None else mem.surge,
             queue=(inputs.at, (m.queue_depth or 0.0) * share),
             pending=(*mem.pending, (inputs.at + horizon, need.forecast.peak_rps)),
+            rivals=(*mem.rivals, (inputs.at + horizon, *need.rivals)),
         )
         demand[w.name] = m.rate_rps or 0.0
         predicted[w.name] = need.forecast.peak_rps
@@ -411,8 +454,14 @@ def decide(
     elif recommended < have:
         # Once demand falls beyond its noise the peak has passed: a shorter wait suffices.
         window = policy.fall_stabilization_s if falling else policy.scale_down_stabilization_s
-        burst = min(have, max(keep, *(r for t, r in history if t > inputs.at - window)))
-        if burst > recommended:
+        held = max(r for t, r in history if t > inputs.at - window)
+        burst = min(have, max(keep, held))
+        if burst > max(recommended, held):
+            reasons.append(
+                f"keeping {burst} burst GPUs: demand may need them again before a relaunch could serve "
+                "(its variability and past forecast errors)"
+            )
+        elif burst > recommended:
             reasons.append(
                 f"scale-down stabilization: keeping {burst} burst GPUs (highest of the last {window:.0f} s"
                 + (", demand falling)" if falling else ")")

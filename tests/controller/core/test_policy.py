@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Callable
 
-from controller.core import model, policy
+from controller.core import forecast, model, policy
 
 SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=40, spot=True)
 ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=40)
@@ -108,10 +108,15 @@ def test_a_learned_daily_profile_prewarms_before_the_daily_jump() -> None:
 def test_release_waits_for_the_stabilization_window() -> None:
     decisions, state = drive(lambda t: 800.0, until=1800)
     peak = sum(decisions[-1].target_nodes.values())
-    after, _ = drive(lambda t: 800.0 if t < 1800 else 90.0, start=1800, until=2400, state=state)
-    # Nothing leaves before the lower target has held for the (fall) stabilization window.
+    low = 1800 + DEFAULT.fall_window_s + 60
+    after, _ = drive(lambda t: 800.0 if t < 1800 else 90.0, start=1800, until=low, state=state)
+    # Nothing leaves before the lower target has held for the (fall) stabilization window; releases
+    # begin within the longer window, and all is gone once the low demand has held for the fall window
+    # (the recent high no longer says the capacity may be needed again).
     early = [d for d in after if d.at < 1800 + DEFAULT.fall_stabilization_s]
     assert all(sum(d.target_nodes.values()) == peak for d in early)
+    by_window = [d for d in after if d.at <= 1800 + DEFAULT.scale_down_stabilization_s + 15]
+    assert sum(by_window[-1].target_nodes.values()) < peak
     assert sum(after[-1].target_nodes.values()) == 0
 
 
@@ -253,3 +258,57 @@ def test_after_a_surge_the_rate_catching_up_with_the_step_is_not_a_ramp() -> Non
         d, state = policy.decide(inputs(t, m, active=dict(d.target_nodes)), state, DEFAULT)
         assert sum(d.target_nodes.values()) <= bought, (t, d.reasons)
     assert any("still showing the" in r for r in d.reasons)
+
+
+def _minute_steps(level: float, spread: float, seed: int) -> Callable[[float], float]:
+    """Per-minute arrivals that jump by noise each minute, as a 60 s rate sees them: every jump becomes
+    a short, clean ramp."""
+    rng = random.Random(seed)
+    minutes = [level + rng.gauss(0, spread) for _ in range(24 * 60)]
+
+    def rate(t: float) -> float:
+        m, into = divmod(t, 60.0)
+        now, before = minutes[int(m)], minutes[max(0, int(m) - 1)]
+        return before + (now - before) * into / 60.0
+
+    return rate
+
+
+def test_the_fast_fit_is_dropped_where_it_forecasts_worse_and_kept_where_it_sees_a_ramp() -> None:
+    plain = dataclasses.replace(DEFAULT, fast_samples=0)
+    noisy = _minute_steps(400.0, 40.0, seed=5)
+    with_fit, state = drive(noisy, until=6 * 3600)
+    without, _ = drive(noisy, until=6 * 3600, burst_policy=plain)
+    # Extrapolating the rate window's ramps scores worse than the plain trend: once that shows, the
+    # policy plans exactly what it would without the fast fit.
+    fast, slow = state.memory["face"].rival_errors
+    assert fast > slow
+    late = range(len(with_fit) - 480, len(with_fit))
+    assert all(with_fit[i].forecast_rps == without[i].forecast_rps for i in late)
+    # An accelerating ramp is what the fast fit is for: it forecasts better there and stays on.
+    ramp = lambda t: 100.0 + 2e-4 * t * t  # noqa: E731
+    steep, state = drive(ramp, until=1500)
+    flat, _ = drive(ramp, until=1500, burst_policy=plain)
+    fast, slow = state.memory["face"].rival_errors
+    assert fast < slow
+    assert steep[-1].forecast_rps["face"] > flat[-1].forecast_rps["face"]
+
+
+def test_a_release_keeps_what_past_surprises_say_may_come_back_within_a_boot() -> None:
+    # Demand that has jumped 30 % above the forecast now and then, and reached 520 req/s a few minutes
+    # ago: back at 400, a release keeps what such a jump needs, no more than the recent high.
+    _, state = drive(lambda t: 400.0, until=3600)
+    errors = state.memory["face"].errors or forecast.ErrorHistogram.empty()
+    for k in range(200):
+        errors = forecast.record_error(errors, 0.3 if k % 10 == 0 else 0.0, decay=1.0)
+    state = dataclasses.replace(
+        state, memory={"face": dataclasses.replace(state.memory["face"], errors=errors)}
+    )
+    shape = lambda t: 520.0 if t < 3900 else 400.0  # noqa: E731
+    kept, _ = drive(shape, start=3600, until=4500, state=state)
+    forgetful = dataclasses.replace(DEFAULT, release_quantile=0.0)
+    released, _ = drive(shape, start=3600, until=4500, state=state, burst_policy=forgetful)
+    assert gpus(kept[-1]) > gpus(released[-1])
+    assert gpus(kept[-1]) <= math.ceil(520 / (25 * DEFAULT.target_utilization))
+    assert gpus(kept[-1]) * 25 * DEFAULT.target_utilization >= 400 * 1.3 - 25
+    assert any("before a relaunch could serve" in r for r in kept[-1].reasons), kept[-1].reasons
