@@ -245,11 +245,19 @@ def _forecast(
         confidence = 1.0 - season.error
         break
     # Falling means a sustained decline: down beyond its noise both lately and over the longer window,
-    # which on/off bursts are not.
-    falling = source == "trend" and fit.slope + policy.headroom_sigmas * fit.slope_sigma < 0
+    # which on/off bursts are not. Samples closer together than the rate window share most of it, so a
+    # slope's standard error from them is too small by the square root of how many share (per-minute
+    # noise through a 60 s rate would otherwise pass for a fall, and a fall releases sooner).
+    spacing = (recent[-1][0] - recent[0][0]) / (len(recent) - 1)
+    sigmas = (
+        policy.headroom_sigmas * math.sqrt(max(1.0, 2 * lag_s / spacing))
+        if spacing > 0
+        else policy.headroom_sigmas
+    )
+    falling = source == "trend" and fit.slope + sigmas * fit.slope_sigma < 0
     if falling:  # the longer fit is asked only when the short one already points down
         longer = forecast.trend(mem.samples)
-        falling = longer is not None and longer.slope + policy.headroom_sigmas * longer.slope_sigma < 0
+        falling = longer is not None and longer.slope + sigmas * longer.slope_sigma < 0
     rising = fit.slope - fit.slope_sigma > 0
     spread = math.sqrt(fit.sigma**2 + (fit.slope_sigma * horizon_s) ** 2)
     top = max(v for _, v in recent)

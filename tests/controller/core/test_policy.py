@@ -312,3 +312,17 @@ def test_a_release_keeps_what_past_surprises_say_may_come_back_within_a_boot() -
     assert gpus(kept[-1]) <= math.ceil(520 / (25 * DEFAULT.target_utilization))
     assert gpus(kept[-1]) * 25 * DEFAULT.target_utilization >= 400 * 1.3 - 25
     assert any("before a relaunch could serve" in r for r in kept[-1].reasons), kept[-1].reasons
+
+
+def test_per_minute_noise_through_a_rate_window_is_not_a_fall() -> None:
+    # A fall releases after 2 minutes instead of 5; a 60 s rate sampled every 15 s makes per-minute noise
+    # look like a string of clean slopes, which must not read as one.
+    noisy = _minute_steps(400.0, 40.0, seed=3)
+
+    def falls(decisions: list[model.Decision]) -> int:
+        return sum(1 for d in decisions if any("demand falling" in r for r in d.reasons))
+
+    flat, _ = drive(noisy, until=3 * 3600)
+    assert falls(flat) < 0.035 * len(flat)  # counting every sample as independent: 40 of 720 ticks
+    declining, _ = drive(lambda t: max(100.0, noisy(t) - 0.1 * t), until=3 * 3600)
+    assert falls(declining) >= 3 * max(1, falls(flat))
