@@ -155,9 +155,11 @@ def _remember(mem: Memory, at: float, demand: float, policy: BurstPolicy) -> Mem
     start = at - max(policy.trend_window_s, policy.fall_window_s)
     samples = (*mem.samples[bisect.bisect_right(mem.samples, start, key=_time) :], (at, demand))
     errors = mem.errors or forecast.ErrorHistogram.empty()
+    # Past errors fade once per tick, by the time since the previous one.
+    fade = 0.5 ** ((at - samples[-2][0] if len(samples) > 1 else 0.0) / policy.error_half_life_s)
     pending = mem.pending
     if pending and pending[0][0] <= at:
-        decay = 0.5 ** ((at - samples[-2][0] if len(samples) > 1 else 0.0) / policy.error_half_life_s)
+        decay = fade
         while pending and pending[0][0] <= at:
             _, predicted = pending[0]
             pending = pending[1:]
@@ -165,8 +167,7 @@ def _remember(mem: Memory, at: float, demand: float, policy: BurstPolicy) -> Mem
             decay = 1.0
     rivals, rival_errors = mem.rivals, mem.rival_errors
     if rivals and rivals[0][0] <= at:
-        decay = 0.5 ** ((at - samples[-2][0] if len(samples) > 1 else 0.0) / policy.error_half_life_s)
-        with_fast, without = rival_errors[0] * decay, rival_errors[1] * decay
+        with_fast, without = rival_errors[0] * fade, rival_errors[1] * fade
         while rivals and rivals[0][0] <= at:
             _, fast, plain = rivals[0]
             rivals = rivals[1:]
@@ -248,12 +249,8 @@ def _forecast(
     # which on/off bursts are not. Samples closer together than the rate window share most of it, so a
     # slope's standard error from them is too small by the square root of how many share (per-minute
     # noise through a 60 s rate would otherwise pass for a fall, and a fall releases sooner).
-    spacing = (recent[-1][0] - recent[0][0]) / (len(recent) - 1)
-    sigmas = (
-        policy.headroom_sigmas * math.sqrt(max(1.0, 2 * lag_s / spacing))
-        if spacing > 0
-        else policy.headroom_sigmas
-    )
+    spacing = (recent[-1][0] - recent[0][0]) / (len(recent) - 1)  # > 0: the fit needs distinct times
+    sigmas = policy.headroom_sigmas * math.sqrt(max(1.0, 2 * lag_s / spacing))
     falling = source == "trend" and fit.slope + sigmas * fit.slope_sigma < 0
     if falling:  # the longer fit is asked only when the short one already points down
         longer = forecast.trend(mem.samples)
