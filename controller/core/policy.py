@@ -463,8 +463,8 @@ def decide(
         burst = min(have, max(keep, held))
         if burst > max(recommended, held):
             reasons.append(
-                f"keeping {burst} burst GPUs: demand may need them again before a relaunch could serve "
-                "(its variability and past forecast errors)"
+                f"scale-down stabilization: keeping {burst} burst GPUs: demand may need them again "
+                "before a relaunch could serve (its variability and past forecast errors)"
             )
         elif burst > recommended:
             reasons.append(

@@ -130,6 +130,13 @@ def test_a_binding_budget_is_the_reason_and_the_gauge_shows_it() -> None:
     [
         (("spot: capped at 3 nodes (max_nodes 3)",), "max_nodes"),
         (("scale-down stabilization: keeping 4 burst GPUs (highest of the last 300 s)",), "stabilization"),
+        (
+            (
+                "scale-down stabilization: keeping 6 burst GPUs: demand may need them again before a "
+                "relaunch could serve (its variability and past forecast errors)",
+            ),
+            "stabilization",
+        ),
         (("spot: unavailable (capacity refused), falling back",), "capacity_refused"),
         (("spot: held at min_nodes 1",), "min_nodes"),
         (("face: 10.0 req/s, queue 0 -> 1 GPUs (2 private)",), "demand"),
