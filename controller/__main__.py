@@ -2,6 +2,6 @@
 
 import sys
 
-from controller import cli
+from controller.app import cli
 
 sys.exit(cli.main())

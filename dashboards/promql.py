@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from controller import telemetry
+from controller.runtime import telemetry
 
 TARGET_LABELS = ("job", "instance")
 """Labels Prometheus adds to every scraped series; together they name one controller replica."""

@@ -14,8 +14,8 @@ from typing import Literal
 
 import yaml
 
-from controller import telemetry
 from controller.core import lifecycle, model
+from controller.runtime import telemetry
 from dashboards import promql
 from workloads.face_compare import metrics as fc
 from workloads.face_compare import settings as fc_settings

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dash_b
 
-from controller import telemetry as t
 from controller.core import model
+from controller.runtime import telemetry as t
 from dashboards import panels, promql, rules
 from dashboards.panels import Query
 from workloads.face_compare import metrics as fc

@@ -26,8 +26,9 @@ import kubernetes.utils
 import urllib3.exceptions
 from kubernetes.client import exceptions as k8s_errors
 
-from controller import errors, logs, ports
+from controller import ports
 from controller.core import model
+from controller.runtime import errors, logs
 
 log = logs.get("kube")
 

@@ -23,8 +23,9 @@ import urllib3.exceptions
 from kubernetes.client import exceptions as k8s_errors
 from prometheus_client import parser
 
-from controller import logs, ports
+from controller import ports
 from controller.core import model, policy
+from controller.runtime import logs
 from workloads.face_compare import metrics as contract
 
 log = logs.get("pods")

@@ -24,9 +24,10 @@ import pydantic
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
 
-from controller import clock as clock_mod
-from controller import errors, ports
+from controller import ports
 from controller.core import model
+from controller.ports import clock as clock_mod
+from controller.runtime import errors
 
 log = logging.getLogger("gpuburst.pulumi")
 
@@ -448,7 +449,7 @@ class PulumiCapacity:
     """The `Capacity` port over one Pulumi stack per pool, with the project at `work_dir`.
 
     Construction checks everything it can cheaply (the project file, the CLI, the backend login, each
-    stack and its outputs) and raises `controller.errors.UserError` naming what is missing, so
+    stack and its outputs) and raises `controller.runtime.errors.UserError` naming what is missing, so
     `gpuburst run` fails at start rather than at the first burst. `pools` maps pool -> stack name (a plain
     list: stack named after the pool); `pool_env` adds per-pool CLI environment (an AWS_PROFILE per
     account) to `env_vars`. Waits between retries are real waits; times reported (such as

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from controller import policy_file
+from controller.runtime import policy_file
 from controller.sim import engine, plot, policies, report, scenario
 
 

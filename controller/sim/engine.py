@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controller import fakes
+from controller.ports import fakes
 from controller.sim import scenario, world
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from controller import fakes, reconciler
 from controller.core import model, policy
+from controller.ports import fakes
+from controller.runtime import reconciler
 from controller.sim import world as world_mod
 
 TICK_S = 15

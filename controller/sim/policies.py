@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from controller import errors
 from controller.core import policy
+from controller.runtime import errors
 from controller.sim import autoscalers, engine, fixed, gpuburst, oracle, scenario, skyserve
 from controller.sim import world as world_mod
 

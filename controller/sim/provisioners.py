@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from controller import fakes
+from controller.ports import fakes
 from controller.sim import world as world_mod
 
 

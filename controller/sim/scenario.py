@@ -16,8 +16,8 @@ import numpy as np
 import pydantic
 import yaml
 
-from controller import errors
 from controller.core import model
+from controller.runtime import errors
 
 DATA = Path(__file__).resolve().parent / "data"
 SCENARIOS = DATA / "scenarios"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from controller import fakes
+from controller.ports import fakes
 from controller.sim import world as world_mod
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from controller import fakes
-from controller.clock import FakeClock
+from controller.ports import fakes
+from controller.ports.clock import FakeClock
 from controller.sim import queue, scenario
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import prometheus_client
 from prometheus_client import parser
 
-from controller import telemetry
 from controller.core import model
+from controller.runtime import telemetry
 from workloads.face_compare import batcher
 from workloads.face_compare import metrics as fc
 from workloads.face_compare import settings as fc_settings

@@ -6,8 +6,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from controller import clock, fakes, ports, reconciler, store
+from controller import ports
 from controller.core import model, policy
+from controller.ports import clock, fakes
+from controller.runtime import reconciler, store
 
 SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=10, spot=True)
 ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=10)

@@ -40,8 +40,8 @@ import kmock
 import kubernetes.client
 import pytest
 
-from controller import clock as clock_mod
 from controller import ports
+from controller.ports import clock as clock_mod
 
 Obj = dict[str, Any]
 T = TypeVar("T")

@@ -39,8 +39,8 @@ import yaml
 from prometheus_client import core as prom_core
 from prometheus_client import registry as prom_registry
 
-from controller import clock as clock_mod
 from controller import ports
+from controller.ports import clock as clock_mod
 from workloads.face_compare import metrics as contract
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")

@@ -349,7 +349,7 @@ def test_an_unreachable_api_server_raises_for_every_call() -> None:
 
 
 def test_a_missing_kubeconfig_is_a_user_error(tmp_path: pytest.TempPathFactory) -> None:
-    from controller import errors
+    from controller.runtime import errors
 
     missing = f"{tmp_path}/nope.yaml"
     with pytest.raises(errors.UserError, match=rf"Kubernetes access \(kubeconfig {missing}\)"):

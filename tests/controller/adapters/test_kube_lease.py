@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controller.adapters import kube as kube_adapter
-from controller.clock import FakeClock
+from controller.ports.clock import FakeClock
 from tests.support import kube_emulator
 from tests.support.kube_emulator import Kube
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller import fakes, reconciler
 from controller.adapters import local
-from controller.clock import FakeClock
 from controller.core import model, policy
+from controller.ports import fakes
+from controller.ports.clock import FakeClock
+from controller.runtime import reconciler
 
 WAIT_S = 20.0
 

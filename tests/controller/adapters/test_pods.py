@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller import clock as clock_mod
 from controller.adapters import pods as pods_adapter
 from controller.core import model
+from controller.ports import clock as clock_mod
 from tests.support import kube_emulator
 from tests.support.kube_emulator import Kube
 from workloads.face_compare import metrics as contract

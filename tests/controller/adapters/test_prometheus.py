@@ -16,9 +16,9 @@ import prometheus_client
 import pydantic
 import pytest
 
-from controller import clock as clock_mod
 from controller.adapters import prometheus
 from controller.core import model
+from controller.ports import clock as clock_mod
 from tests.support import prom
 from workloads.face_compare import metrics as contract
 

@@ -15,10 +15,10 @@ import pytest
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
 
-from controller import errors
 from controller.adapters import pulumi_stack
-from controller.clock import FakeClock
 from controller.core import lifecycle, model
+from controller.ports.clock import FakeClock
+from controller.runtime import errors
 from tests.support import scripted_pulumi as sp
 
 QUICK = pulumi_stack.Backoff(0.01, 0.02)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli
+from controller.app import cli
 from controller.sim import policies
 from tests.controller.sim import helpers
 

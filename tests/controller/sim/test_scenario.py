@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from controller import cli, errors
+from controller.app import cli
+from controller.runtime import errors
 from controller.sim import scenario
 from tests.controller.sim import helpers
 

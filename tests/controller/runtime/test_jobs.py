@@ -11,9 +11,11 @@ import pytest
 from apscheduler.schedulers import background as aps_background
 from prometheus_client import parser
 
-from controller import fakes, jobs, orphans, ports, store, telemetry
+from controller import ports
 from controller.adapters import kube as kube_adapter
 from controller.core import model
+from controller.ports import fakes
+from controller.runtime import jobs, orphans, store, telemetry
 from tests.support import fake_world, kube_emulator
 
 S = model.NodeStatus

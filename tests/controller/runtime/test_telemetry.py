@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import parser
 
-from controller import ports, telemetry
+from controller import ports
 from controller.core import model, policy
+from controller.runtime import telemetry
 from tests.support import fake_world
 
 

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import config, errors
 from controller.adapters import pods as pods_adapter
+from controller.app import config
 from controller.core import model
+from controller.runtime import errors
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _minimal(**overrides: Any) -> dict[str, Any]:

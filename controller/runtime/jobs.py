@@ -24,8 +24,9 @@ from typing import Any, Protocol
 from apscheduler.schedulers import background as aps_background
 from apscheduler.schedulers import base as aps_base
 
-from controller import logs, ports, reconciler, telemetry
+from controller import ports
 from controller.core import model
+from controller.runtime import logs, reconciler, telemetry
 
 log = logs.get("jobs")
 

@@ -17,12 +17,13 @@ import httpx
 import pytest
 import yaml
 
-from controller import cli, config, fakes, live
-from controller import clock as clock_mod
+from controller.app import cli, config, live
 from controller.core import model
+from controller.ports import clock as clock_mod
+from controller.ports import fakes
 from tests.support import kube_emulator, prom, scripted_pulumi
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 WORKLOAD = {"name": "face-compare", "gpu_rps": 25, "service_time_s": 0.06, "slo_s": 0.5, "private_gpus": 2}
 
 

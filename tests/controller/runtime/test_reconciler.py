@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controller import fakes, ports
+from controller import ports
 from controller.core import model, policy
+from controller.ports import fakes
 from tests.support import fake_world
 
 # Sizing without forecasting or headroom: 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the

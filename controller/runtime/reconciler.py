@@ -13,9 +13,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller import clock as clock_mod
 from controller import ports
 from controller.core import lifecycle, limits, model, policy
+from controller.ports import clock as clock_mod
 
 log = logging.getLogger("gpuburst.reconciler")
 

@@ -15,8 +15,9 @@ from typing import TypeVar
 
 import pytest
 
-from controller import ports, store
+from controller import ports
 from controller.core import model
+from controller.runtime import store
 from tests.support import fake_world
 
 S = model.NodeStatus

@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from controller import errors, policy_file, reconciler
 from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.core import model, policy
+from controller.runtime import errors, policy_file, reconciler
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_EXAMPLE = EXAMPLES / "local.yaml"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

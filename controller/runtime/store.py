@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller import codec, errors, ports
+from controller import ports
 from controller.core import model, policy
+from controller.runtime import codec, errors
 
 # One hour of cost per ledger bucket: enough to see what a peak cost without keeping every tick.
 LEDGER_BUCKET_S = 3600.0

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import codec, errors, ports, store
+from controller import ports
 from controller.core import model, policy
+from controller.runtime import codec, errors, store
 
 S = model.NodeStatus
 

@@ -4,7 +4,7 @@
 capacity) to the reconciler, the SQLite store, telemetry, the admin API and the scheduled jobs; `run`
 starts them and waits for SIGTERM. `--once` runs one tick and prints its TickReport as JSON (exit 0
 even when it holds); `--dry-run` decides and reports without committing or acting, and takes no part in
-leader election. The demo itself lives in `controller.demo`.
+leader election. The demo itself lives in `controller.app.demo`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from controller import api, codec, errors, jobs, logs, orphans, ports, reconciler, store, telemetry
-from controller import clock as clock_mod
-from controller import config as config_mod
+from controller import ports
 from controller.adapters import kube as kube_adapter
 from controller.adapters import local as local_adapter
 from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.adapters import pulumi_stack
+from controller.app import config as config_mod
 from controller.core import model
+from controller.ports import clock as clock_mod
+from controller.runtime import api, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
 
 log = logs.get("live")
 
@@ -470,6 +471,6 @@ def register(sub: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from controller import demo
+    from controller.app import demo
 
     return demo.main(args)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import prometheus_client
 from prometheus_client import core as prom_core
 
-from controller import logs, ports
+from controller import ports
 from controller.core import model
+from controller.runtime import logs
 
 log = logs.get("telemetry")
 

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller import logs, ports, telemetry
+from controller import ports
 from controller.core import model
+from controller.runtime import logs, telemetry
 
 log = logs.get("orphans")
 

@@ -25,10 +25,11 @@ import httpx
 import pytest
 import yaml
 
-from controller import clock as clock_mod
-from controller import config, live, ports
+from controller import ports
 from controller.adapters import prometheus as prometheus_adapter
+from controller.app import config, live
 from controller.core import model
+from controller.ports import clock as clock_mod
 from tests.support import kube_emulator, prom, scripted_pulumi
 
 prometheus = prom.prometheus  # the module-scoped real Prometheus fixture

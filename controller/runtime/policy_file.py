@@ -9,10 +9,10 @@ from typing import Any
 import pydantic
 import yaml
 
-from controller import errors
 from controller.core import model, policy
+from controller.runtime import errors
 
-DEFAULT = Path(__file__).resolve().parent.parent / "policies" / "burst" / "default.yaml"
+DEFAULT = Path(__file__).resolve().parents[2] / "policies" / "burst" / "default.yaml"
 
 
 _D = policy.BurstPolicy()

@@ -1,8 +1,8 @@
 """`gpuburst ...`: the command-line entry point. Each subcommand lives in the module that owns it.
 
 A subcommand module exposes `register(subparsers)`, which adds its parser and sets `func` to a
-`(args) -> int` callable. Bad input raises `controller.errors.UserError`, printed here as one line with
-exit status 2 (no traceback).
+`(args) -> int` callable. Bad input raises `controller.runtime.errors.UserError`, printed here as one
+line with exit status 2 (no traceback).
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from controller import errors
+from controller.runtime import errors
 
-SUBCOMMANDS = ("controller.sim.command", "controller.policy_file", "controller.live", "controller.bench_tick")
+SUBCOMMANDS = (
+    "controller.sim.command",
+    "controller.runtime.policy_file",
+    "controller.app.live",
+    "controller.app.bench_tick",
+)
 
 
 def parser() -> argparse.ArgumentParser:

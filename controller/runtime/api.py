@@ -21,8 +21,9 @@ import uvicorn
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses
 
-from controller import codec, logs, ports, store, telemetry
+from controller import ports
 from controller.core import model
+from controller.runtime import codec, logs, store, telemetry
 
 log = logs.get("api")
 
@@ -202,7 +203,7 @@ class Server:
     """The app on uvicorn in a background thread (the scheduler owns the main thread)."""
 
     def __init__(self, app: fastapi.FastAPI, *, host: str, port: int) -> None:
-        # log_config=None: keep the JSON logging `controller.logs` set up.
+        # log_config=None: keep the JSON logging `controller.runtime.logs` set up.
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="gpuburst-api", daemon=True)

@@ -1,4 +1,4 @@
-"""`gpuburst bench-tick` (also `python -m controller.bench_tick`): what one reconcile tick costs.
+"""`gpuburst bench-tick` (also `python -m controller.app.bench_tick`): what one reconcile tick costs.
 
 The real reconciler over the in-package fakes (FakeInfra cloud + cluster, a metric source, and the
 in-memory or the SQLite store) with 100 workloads and 10 pools by default, on a FakeClock advanced one
@@ -20,8 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controller import clock, fakes, ports, reconciler, store
+from controller import ports
 from controller.core import model
+from controller.ports import clock, fakes
+from controller.runtime import reconciler, store
 
 TICK_S = 15.0
 
@@ -168,6 +170,6 @@ def register(sub: Any) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m controller.bench_tick", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m controller.app.bench_tick", description=__doc__)
     _add_arguments(parser)
     sys.exit(main(parser.parse_args()))

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from prometheus_client import parser
 
-from controller import api, ports, telemetry
+from controller import ports
 from controller.core import model
+from controller.runtime import api, telemetry
 from tests.support import fake_world
 
 

@@ -36,10 +36,11 @@ from typing import Any
 import httpx
 import yaml
 
-from controller import clock as clock_mod
-from controller import config, errors, live, logs
 from controller.adapters import local as local_adapter
+from controller.app import config, live
 from controller.core import model
+from controller.ports import clock as clock_mod
+from controller.runtime import errors, logs
 from workloads.face_compare import bench as fc_bench
 
 PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "prometheus")

@@ -2,7 +2,7 @@
 Store.
 
 The reconciler talks only to these. Real adapters live in `controller.adapters`, fakes for tests and
-the simulator in `controller.fakes`; both are checked against these Protocols by mypy.
+the simulator in `controller.ports.fakes`; both are checked against these Protocols by mypy.
 """
 
 from __future__ import annotations
