@@ -23,10 +23,10 @@ import urllib3.exceptions
 from kubernetes.client import exceptions as k8s_errors
 from prometheus_client import parser
 
+from contract import metrics as contract
 from controller import ports
 from controller.core import model, policy
 from controller.runtime import logs
-from workloads.face_compare import metrics as contract
 
 log = logs.get("pods")
 

@@ -38,8 +38,8 @@ from prometheus_api_client import exceptions as prom_exceptions
 from prometheus_api_client import prometheus_connect
 from urllib3.util import retry as urllib3_retry
 
+from contract import metrics as contract
 from controller.core import model
-from workloads.face_compare import metrics as contract
 
 log = logging.getLogger("gpuburst.prometheus")
 

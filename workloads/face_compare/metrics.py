@@ -1,8 +1,9 @@
-"""The face-compare metric contract (DESIGN.md section 7): names, labels and the collectors behind them.
+"""The face-compare side of the metric contract (DESIGN.md section 7): the collectors behind its names.
 
-The controller, the dashboards and the alert rules import the name constants from here, so a rename
-happens in one place. Every series carries ``placement`` and ``pool``; nothing else is exported (no
-process or platform collectors, no ``_created`` series), so the scrape holds exactly the contract.
+The names and labels live in `contract.metrics`, which the controller reads too; they are re-exported
+here for the dashboards and alert rules. Every series carries ``placement`` and ``pool``; nothing else is
+exported (no process or platform collectors, no ``_created`` series), so the scrape holds exactly the
+contract.
 """
 
 from __future__ import annotations
@@ -14,31 +15,38 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-# Exposed names. Histograms add _bucket/_sum/_count; the counter is exposed with its _total suffix.
-REQUESTS_TOTAL: Final = "facecompare_requests_total"
-REQUEST_DURATION_SECONDS: Final = "facecompare_request_duration_seconds"
-QUEUE_DEPTH: Final = "facecompare_queue_depth"
-INFLIGHT_REQUESTS: Final = "facecompare_inflight_requests"
-BATCH_SIZE: Final = "facecompare_batch_size"
-INFERENCE_SECONDS: Final = "facecompare_inference_seconds"
-READY: Final = "facecompare_ready"
-
-ALL_METRICS: Final = (
-    REQUESTS_TOTAL,
-    REQUEST_DURATION_SECONDS,
-    QUEUE_DEPTH,
-    INFLIGHT_REQUESTS,
+from contract.metrics import (
+    ALL_METRICS,
     BATCH_SIZE,
+    CODE,
+    ENDPOINT,
     INFERENCE_SECONDS,
+    INFLIGHT_REQUESTS,
+    PLACEMENT,
+    POOL,
+    QUEUE_DEPTH,
     READY,
+    REQUEST_DURATION_SECONDS,
+    REQUESTS_TOTAL,
+    TIER,
 )
 
-# Labels.
-PLACEMENT: Final = "placement"
-POOL: Final = "pool"
-ENDPOINT: Final = "endpoint"
-TIER: Final = "tier"
-CODE: Final = "code"
+__all__ = [
+    "ALL_METRICS",
+    "BATCH_SIZE",
+    "CODE",
+    "ENDPOINT",
+    "INFERENCE_SECONDS",
+    "INFLIGHT_REQUESTS",
+    "PLACEMENT",
+    "POOL",
+    "QUEUE_DEPTH",
+    "READY",
+    "REQUESTS_TOTAL",
+    "REQUEST_DURATION_SECONDS",
+    "TIER",
+    "WorkloadMetrics",
+]
 
 # Values of the endpoint label, one per API route.
 ENDPOINT_EMBED: Final = "embed"
