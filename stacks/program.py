@@ -7,6 +7,7 @@ objects on the private cluster.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pulumi
 from stacks import config as stack_config
 from stacks import network, pool, workload
 
-DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
+DASHBOARDS_DIR = Path(str(resources.files("dashboards")))
+"""The dashboards package, whose JSON the monitoring ConfigMaps carry."""
 
 
 def main() -> None:

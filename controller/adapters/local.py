@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import IO
 
@@ -35,7 +36,9 @@ from controller.core import model
 
 log = logging.getLogger("gpuburst.local")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+IMPORT_ROOT = Path(str(resources.files("controller"))).parent
+"""Where the controller package is imported from (a checkout's root, or site-packages): the workers'
+default cwd, so `-m workloads.face_compare` resolves beside it."""
 WORKER_COMMAND: tuple[str, ...] = (
     sys.executable,
     "-m",
@@ -100,7 +103,7 @@ class LocalPool:
         host: str = "127.0.0.1",
         targets_file: str | Path | None = None,
         log_dir: str | Path | None = None,
-        cwd: str | Path = REPO_ROOT,
+        cwd: str | Path = IMPORT_ROOT,
         stop_timeout_s: float = 30.0,
         probe_timeout_s: float = 0.5,
     ) -> None:

@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import pydantic
@@ -33,8 +34,9 @@ log = logging.getLogger("gpuburst.pulumi")
 
 NODES_CONFIG = "gpuburst:nodes"
 NODES_OUTPUT = "nodes"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""Where `Pulumi.yaml` (`main: stacks/`) lives in a source checkout: the default work_dir."""
+IMPORT_ROOT = Path(str(resources.files("controller"))).parent
+"""Where the controller package is imported from: in a source checkout, the directory holding `Pulumi.yaml`
+(`main: stacks/`), the default work_dir; an installed controller names its work_dir in the config."""
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.yml", "Pulumi.json")
 
 GONE_STATES = frozenset({"shutting-down", "terminated"})
@@ -461,7 +463,7 @@ class PulumiCapacity:
         pools: Sequence[str] | Mapping[str, str],
         *,
         clock: ports.Clock,
-        work_dir: str | Path = REPO_ROOT,
+        work_dir: str | Path = IMPORT_ROOT,
         pulumi_command: auto.PulumiCommand | None = None,
         env_vars: Mapping[str, str] | None = None,
         pool_env: Mapping[str, Mapping[str, str]] | None = None,

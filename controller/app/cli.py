@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "controller.sim.command",
     "controller.runtime.policy_file",
     "controller.app.live",
+    "controller.app.demo",
     "controller.app.bench_tick",
 )
 

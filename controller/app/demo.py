@@ -41,7 +41,6 @@ from controller.app import config, live
 from controller.core import model
 from controller.ports import clock as clock_mod
 from controller.runtime import errors, logs
-from workloads.face_compare import bench as fc_bench
 
 PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "prometheus")
 SCRAPE_S = 2.0
@@ -91,7 +90,7 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
-                cwd=local_adapter.REPO_ROOT,
+                cwd=local_adapter.IMPORT_ROOT,
             )
         finally:
             log.close()
@@ -186,6 +185,8 @@ class Load:
     """Open-loop verify requests at the profile's rate, round robin over the ready workers."""
 
     def __init__(self, *, endpoints: Callable[[], list[str]], peak_rps: float, seconds: float) -> None:
+        from workloads.face_compare import bench as fc_bench  # the workers this demo starts
+
         faces = [base64.b64encode(f).decode() for f in fc_bench.synthetic_faces(8)]
         self.bodies = [
             {"image_a": faces[i], "image_b": faces[(i + 1) % len(faces)]} for i in range(len(faces))
@@ -456,3 +457,23 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
             f"  cost {pool:8s} {cost['node_seconds']} node-seconds, {cost['usd']} USD (pretend price)",
             file=out,
         )
+
+
+def register(sub: Any) -> None:
+    d = sub.add_parser(
+        "demo",
+        help="the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
+        description="Burst face-compare workers on this machine under synthetic load (real Prometheus).",
+    )
+    d.add_argument(
+        "--config", type=Path, default=config.LOCAL_EXAMPLE, help="local config (examples/local.yaml)"
+    )
+    d.add_argument("--minutes", type=float, default=3.0, help="length of the load profile")
+    d.add_argument(
+        "--peak-rps", type=float, default=None, help="peak request rate (default: from the config)"
+    )
+    d.add_argument(
+        "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
+    )
+    d.add_argument("--json", dest="json_out", type=Path, default=None, help="write a summary here")
+    d.set_defaults(func=main)

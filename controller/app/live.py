@@ -1,10 +1,10 @@
-"""`gpuburst run --config FILE` and `gpuburst demo`: the live controller, assembled from its config.
+"""`gpuburst run --config FILE`: the live controller, assembled from its config.
 
 `build` wires the adapters named in the config (Prometheus, Kubernetes or local workers, Pulumi or local
 capacity) to the reconciler, the SQLite store, telemetry, the admin API and the scheduled jobs; `run`
 starts them and waits for SIGTERM. `--once` runs one tick and prints its TickReport as JSON (exit 0
 even when it holds); `--dry-run` decides and reports without committing or acting, and takes no part in
-leader election. The demo itself lives in `controller.app.demo`.
+leader election. `gpuburst demo` (`controller.app.demo`) builds its controller here too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from controller.adapters import kube as kube_adapter
 from controller.adapters import local as local_adapter
 from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
-from controller.adapters import pulumi_stack
+from controller.adapters import pulumi_stack, routing
 from controller.app import config as config_mod
 from controller.core import model
 from controller.ports import clock as clock_mod
@@ -36,50 +36,6 @@ log = logs.get("live")
 
 # How long `--once` waits for the applies its tick started before it reports anyway.
 ONCE_APPLY_WAIT_S = 1800.0
-
-
-# -- routing several per-pool adapters behind one port -------------------------------------------------
-class PoolRouter:
-    """The Capacity port over adapters that each own some pools (pools grouped by adapter settings)."""
-
-    def __init__(self, by_pool: Mapping[str, ports.Capacity]) -> None:
-        self.by_pool = dict(by_pool)
-
-    def state(self, pool: str) -> model.PoolState:
-        return self._of(pool).state(pool)
-
-    def submit(self, pool: str, nodes: tuple[str, ...]) -> None:
-        self._of(pool).submit(pool, nodes)
-
-    def _of(self, pool: str) -> ports.Capacity:
-        try:
-            return self.by_pool[pool]
-        except KeyError:
-            raise KeyError(f"unknown pool {pool!r} (pools: {sorted(self.by_pool)})") from None
-
-
-class LocalCluster:
-    """The Cluster port over the local pools' worker tables (each worker is its own node)."""
-
-    def __init__(self, by_pool: Mapping[str, local_adapter.LocalPool]) -> None:
-        self.by_pool = dict(by_pool)
-        self.adapters = list({id(a): a for a in by_pool.values()}.values())
-
-    def burst_nodes(self) -> Mapping[str, model.ClusterNode]:
-        out: dict[str, model.ClusterNode] = {}
-        for adapter in self.adapters:
-            out.update(adapter.burst_nodes())
-        return out
-
-    def cordon(self, node: str) -> None:
-        for adapter in self.adapters:  # a node unknown to an adapter is a no-op there
-            adapter.cordon(node)
-
-    def drain(self, node: str) -> int:
-        return sum(adapter.drain(node) for adapter in self.adapters)
-
-    def set_replicas(self, workload: str, pool: str, replicas: int) -> None:
-        self.by_pool[pool].set_replicas(workload, pool, replicas)
 
 
 # -- the assembled controller ----------------------------------------------------------------------------
@@ -187,8 +143,8 @@ def build(
             by_pool = _local_pools(loaded, clock=clock)
             local = list({id(a): a for a in by_pool.values()}.values())
             closers.extend(a.close for a in local)
-            cluster = LocalCluster(by_pool)
-            capacity = PoolRouter(by_pool)
+            cluster = routing.ClusterRouter(by_pool)
+            capacity = routing.PoolRouter(by_pool)
         else:
             assert cfg.kubernetes is not None  # validated with pulumi pools
             k = cfg.kubernetes
@@ -209,7 +165,7 @@ def build(
             by_pulumi = _pulumi_pools(loaded, clock=clock, tel=tel, command=pulumi_command)
             pulumi = list({id(a): a for a in by_pulumi.values()}.values())
             closers.extend(a.close for a in pulumi)
-            capacity = PoolRouter(by_pulumi)
+            capacity = routing.PoolRouter(by_pulumi)
             le = cfg.leader_election
             if le.enabled and not dry_run:
                 elector = kube_adapter.LeaseElector(
@@ -450,27 +406,3 @@ def register(sub: Any) -> None:
     p.add_argument("--once", action="store_true", help="run one tick, print its TickReport as JSON, exit")
     p.add_argument("--dry-run", action="store_true", help="decide and report without committing or acting")
     p.set_defaults(func=run)
-
-    d = sub.add_parser(
-        "demo",
-        help="the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
-        description="Burst face-compare workers on this machine under synthetic load (real Prometheus).",
-    )
-    d.add_argument(
-        "--config", type=Path, default=config_mod.LOCAL_EXAMPLE, help="local config (examples/local.yaml)"
-    )
-    d.add_argument("--minutes", type=float, default=3.0, help="length of the load profile")
-    d.add_argument(
-        "--peak-rps", type=float, default=None, help="peak request rate (default: from the config)"
-    )
-    d.add_argument(
-        "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
-    )
-    d.add_argument("--json", dest="json_out", type=Path, default=None, help="write a summary here")
-    d.set_defaults(func=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from controller.app import demo
-
-    return demo.main(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import yaml
 from controller.core import model, policy
 from controller.runtime import errors
 
-DEFAULT = Path(__file__).resolve().parents[2] / "policies" / "burst" / "default.yaml"
+DEFAULT = Path(str(resources.files("policies") / "burst" / "default.yaml"))
+"""The shipped default policy, package data of `policies`."""
 
 
 _D = policy.BurstPolicy()

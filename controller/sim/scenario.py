@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import yaml
 from controller.core import model
 from controller.runtime import errors
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(str(resources.files("controller.sim") / "data"))
+"""The shipped scenarios and traces, package data of `controller.sim`."""
 SCENARIOS = DATA / "scenarios"
 
 

@@ -391,7 +391,7 @@ def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
 
 # -- the real workload ------------------------------------------------------------------------------
 @pytest.mark.skipif(
-    not (local.REPO_ROOT / "workloads" / "face_compare" / "cli.py").exists(),
+    not (local.IMPORT_ROOT / "workloads" / "face_compare" / "cli.py").exists(),
     reason="the face-compare workload is not in this checkout",
 )
 def test_the_real_workload_serves_as_a_local_node_and_drains_on_sigterm(
