@@ -1,5 +1,8 @@
-"""The node lifecycle table: `sync` moves records from what was observed, `plan` turns a decision into
-the records, node sets, drains and replica counts the tick will act on.
+"""The node lifecycle: one transition table, `TABLE[(status, event)] -> Row(after, reason, action)`.
+
+`sync` names the event each record's observation shows and moves it by the table; `plan` does the same for
+the decision's scale ups and downs, then derives the node sets, drains and replica counts the tick acts on.
+A move the table lacks is a bug and raises KeyError.
 
 ```
 requested -> provisioning -> ready -> draining -> releasing -> released
@@ -12,8 +15,10 @@ desired set would delete an instance that may serve).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from controller.core import model
 
@@ -28,12 +33,94 @@ class Timeouts:
     """Pods still on a draining node after this long are left to the kubelet's own grace period."""
 
 
+class Event(enum.Enum):
+    """What a tick saw, or decided, about one node."""
+
+    SCALE_UP = "scale_up"
+    """The decision wants more nodes in the pool than it has active."""
+    ADOPTED = "adopted"
+    """The pool's stack holds an instance the table does not know."""
+    CREATED = "created"
+    """The instance is in the pool's stack."""
+    JOINED = "joined"
+    """The node is in the cluster and ready."""
+    APPLY_FAILED = "apply_failed"
+    """The apply that was to create the instance failed."""
+    BOOT_TIMEOUT = "boot_timeout"
+    """Not ready within `Timeouts.boot_s` of the request."""
+    VANISHED = "vanished"
+    """The instance left the stack while no apply ran (interrupted, or deleted behind the stack's back)."""
+    LEFT_CLUSTER = "left_cluster"
+    """The cluster was read and the node is not in it."""
+    INTERRUPTED = "interrupted"
+    """The node carries an interruption taint."""
+    SCALE_DOWN = "scale_down"
+    """The decision wants fewer active nodes; this one goes (not-yet-serving ones first)."""
+    DRAINED = "drained"
+    """No pods left on the node, or the node left the cluster."""
+    DRAIN_TIMEOUT = "drain_timeout"
+    """Pods still on the node after `Timeouts.drain_s`."""
+    NEXT_TICK = "next_tick"
+    """A tick passed: a failed node is released."""
+    GONE = "gone"
+    """The instance is out of the stack and out of the last submitted node set."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    after: model.NodeStatus
+    reason: str
+    """The audit log's reason; `{message}`, `{boot_s}` and `{drain_s}` are filled in."""
+    action: str
+    """What the tick does about the node from here on."""
+
+
+_LAUNCH = "in the pool's desired set: the next apply launches it"
+_SERVE = "in the desired set; gets replicas"
+_DRAIN = "cordoned, its pods evicted; still in the desired set"
+_RELEASE = "leaves the pool's desired set: the next apply deletes it"
+_FORGET = "leaves the table on the next tick; the audit log keeps its history"
+
+TABLE: Final[Mapping[tuple[model.NodeStatus | None, Event], Row]] = {
+    (None, Event.SCALE_UP): Row(S.REQUESTED, "scale up", _LAUNCH),
+    (None, Event.ADOPTED): Row(S.PROVISIONING, "adopted: in the stack but not in the store", _LAUNCH),
+    (S.REQUESTED, Event.CREATED): Row(S.PROVISIONING, "instance created", _LAUNCH),
+    (S.REQUESTED, Event.JOINED): Row(S.READY, "node joined and ready", _SERVE),
+    (S.PROVISIONING, Event.JOINED): Row(S.READY, "node joined and ready", _SERVE),
+    (S.REQUESTED, Event.APPLY_FAILED): Row(S.FAILED, "apply failed: {message}", _RELEASE),
+    (S.REQUESTED, Event.BOOT_TIMEOUT): Row(S.FAILED, "not ready within {boot_s:.0f} s", _RELEASE),
+    (S.PROVISIONING, Event.BOOT_TIMEOUT): Row(S.FAILED, "not ready within {boot_s:.0f} s", _RELEASE),
+    (S.PROVISIONING, Event.VANISHED): Row(S.FAILED, "instance vanished while provisioning", _RELEASE),
+    (S.READY, Event.VANISHED): Row(S.FAILED, "instance vanished (interrupted or deleted)", _RELEASE),
+    (S.READY, Event.LEFT_CLUSTER): Row(S.FAILED, "node left the cluster", _RELEASE),
+    (S.READY, Event.INTERRUPTED): Row(S.DRAINING, "interruption notice", _DRAIN),
+    (S.READY, Event.SCALE_DOWN): Row(S.DRAINING, "scale down", _DRAIN),
+    (S.REQUESTED, Event.SCALE_DOWN): Row(S.RELEASING, "scale down", _RELEASE),
+    (S.PROVISIONING, Event.SCALE_DOWN): Row(S.RELEASING, "scale down", _RELEASE),
+    (S.DRAINING, Event.DRAINED): Row(S.RELEASING, "drained", _RELEASE),
+    (S.DRAINING, Event.VANISHED): Row(S.RELEASING, "instance gone while draining", _RELEASE),
+    (S.DRAINING, Event.DRAIN_TIMEOUT): Row(S.RELEASING, "drain timeout {drain_s:.0f} s", _RELEASE),
+    (S.FAILED, Event.NEXT_TICK): Row(S.RELEASING, "failed node released", _RELEASE),
+    (S.RELEASING, Event.GONE): Row(S.RELEASED, "instance gone", _FORGET),
+}
+"""Every move a node record makes; `None` is a node the table does not know yet."""
+
+
 def _move(
-    rec: model.NodeRecord, status: model.NodeStatus, at: float, reason: str, out: list[model.Transition]
+    rec: model.NodeRecord, event: Event, at: float, out: list[model.Transition], **details: object
 ) -> model.NodeRecord:
-    out.append(model.Transition(at, rec.name, rec.pool, rec.status, status, reason))
-    ready_at = at if status is S.READY else rec.ready_at
-    return replace(rec, status=status, since=at, reason=reason, ready_at=ready_at)
+    row = TABLE[(rec.status, event)]
+    reason = row.reason.format(**details)
+    out.append(model.Transition(at, rec.name, rec.pool, rec.status, row.after, reason))
+    ready_at = at if row.after is S.READY else rec.ready_at
+    return replace(rec, status=row.after, since=at, reason=reason, ready_at=ready_at)
+
+
+def _enter(name: str, pool: str, event: Event, at: float, out: list[model.Transition]) -> model.NodeRecord:
+    """A record for a node the table did not know."""
+    row = TABLE[(None, event)]
+    out.append(model.Transition(at, name, pool, None, row.after, row.reason))
+    return model.NodeRecord(name, pool, row.after, at, at, reason=row.reason)
 
 
 def sync(
@@ -63,8 +150,7 @@ def sync(
         for pool_name, pool_state in pools.items():
             for name in pool_state.instances:
                 if name not in new:
-                    rec = model.NodeRecord(name, pool_name, S.PROVISIONING, now, now)
-                    new[name] = _move_new(rec, "adopted: in the stack but not in the store", out)
+                    new[name] = _enter(name, pool_name, Event.ADOPTED, now, out)
     return new, tuple(out)
 
 
@@ -85,11 +171,11 @@ def _advance(
     gone_from_cluster = cluster_read and node is None
     if st is S.REQUESTED or st is S.PROVISIONING:
         if node is not None and node.ready:
-            return _move(rec, S.READY, now, "node joined and ready", out)
+            return _move(rec, Event.JOINED, now, out)
         if st is S.REQUESTED and in_stack:
-            rec = _move(rec, S.PROVISIONING, now, "instance created", out)
+            rec = _move(rec, Event.CREATED, now, out)
         elif st is S.PROVISIONING and vanished:
-            return _move(rec, S.FAILED, now, "instance vanished while provisioning", out)
+            return _move(rec, Event.VANISHED, now, out)
         elif (
             st is S.REQUESTED
             and pool is not None
@@ -98,47 +184,33 @@ def _advance(
             and rec.name in pool.submitted
             and not in_stack
         ):
-            return _move(rec, S.FAILED, now, f"apply failed: {pool.message}", out)
+            return _move(rec, Event.APPLY_FAILED, now, out, message=pool.message)
         if now - rec.requested_at > timeouts.boot_s:
-            return _move(rec, S.FAILED, now, f"not ready within {timeouts.boot_s:.0f} s", out)
+            return _move(rec, Event.BOOT_TIMEOUT, now, out, boot_s=timeouts.boot_s)
         return rec
     if st is S.READY:
         if vanished:
-            return _move(rec, S.FAILED, now, "instance vanished (interrupted or deleted)", out)
+            return _move(rec, Event.VANISHED, now, out)
         if gone_from_cluster:
-            return _move(rec, S.FAILED, now, "node left the cluster", out)
+            return _move(rec, Event.LEFT_CLUSTER, now, out)
         if node is not None and node.interrupting:
-            return _move(rec, S.DRAINING, now, "interruption notice", out)
+            return _move(rec, Event.INTERRUPTED, now, out)
         return rec
     if st is S.DRAINING:
         if gone_from_cluster or (node is not None and node.pods == 0):
-            return _move(rec, S.RELEASING, now, "drained", out)
+            return _move(rec, Event.DRAINED, now, out)
         if pool is not None and in_stack is False:
-            return _move(rec, S.RELEASING, now, "instance gone while draining", out)
+            return _move(rec, Event.VANISHED, now, out)
         if now - rec.since > timeouts.drain_s:
-            return _move(rec, S.RELEASING, now, f"drain timeout {timeouts.drain_s:.0f} s", out)
+            return _move(rec, Event.DRAIN_TIMEOUT, now, out, drain_s=timeouts.drain_s)
         return rec
     if st is S.FAILED:
-        return _move(rec, S.RELEASING, now, "failed node released", out)
+        return _move(rec, Event.NEXT_TICK, now, out)
     if st is S.RELEASING and pool is not None and not in_stack:
         submitted = pool.submitted
         if pool.apply is not model.ApplyState.BUSY and (submitted is None or rec.name not in submitted):
-            return _move(rec, S.RELEASED, now, "instance gone", out)
+            return _move(rec, Event.GONE, now, out)
     return rec
-
-
-def _move_new(rec: model.NodeRecord, reason: str, out: list[model.Transition]) -> model.NodeRecord:
-    out.append(model.Transition(rec.since, rec.name, rec.pool, None, rec.status, reason))
-    return replace(rec, reason=reason)
-
-
-def counts(records: Iterable[model.NodeRecord], statuses: frozenset[model.NodeStatus]) -> dict[str, int]:
-    """Nodes per pool whose status is in `statuses`."""
-    out: dict[str, int] = {}
-    for rec in records:
-        if rec.status in statuses:
-            out[rec.pool] = out.get(rec.pool, 0) + 1
-    return out
 
 
 def tally(records: Iterable[model.NodeRecord]) -> dict[str, dict[model.NodeStatus, int]]:
@@ -181,13 +253,11 @@ def plan(
         want = decision.target_nodes.get(pool.name, len(active))
         if want > len(active):
             for name in _fresh_names(pool.name, int(now), want - len(active), taken=new):
-                rec = model.NodeRecord(name, pool.name, S.REQUESTED, now, now)
-                new[name] = _move_new(rec, "scale up", out)
+                new[name] = _enter(name, pool.name, Event.SCALE_UP, now, out)
         elif want < len(active):
             victims = sorted(active, key=lambda r: (_RELEASE_ORDER[r.status], -r.since, r.name))
             for rec in victims[: len(active) - want]:
-                status = S.DRAINING if rec.status is S.READY else S.RELEASING
-                new[rec.name] = _move(rec, status, now, "scale down", out)
+                new[rec.name] = _move(rec, Event.SCALE_DOWN, now, out)
 
     hold = decision.action is model.Action.HOLD
     desired = {
