@@ -133,50 +133,11 @@ def build(
             metrics = source
         metered = telemetry.MeteredMetricSource(metrics, tel)
 
-        pulumi: list[pulumi_stack.PulumiCapacity] = []
-        local: list[local_adapter.LocalPool] = []
-        elector: kube_adapter.LeaseElector | None = None
-        pods: pods_adapter.PodReader | None = None
-        cluster: ports.Cluster
-        capacity: ports.Capacity
-        if cfg.adapter_kind == "local":
-            by_pool = _local_pools(loaded, clock=clock)
-            local = list({id(a): a for a in by_pool.values()}.values())
-            closers.extend(a.close for a in local)
-            cluster = routing.ClusterRouter(by_pool)
-            capacity = routing.PoolRouter(by_pool)
-        else:
-            assert cfg.kubernetes is not None  # validated with pulumi pools
-            k = cfg.kubernetes
-            client = kube_adapter.api_client(
-                host=k.host,
-                kubeconfig=str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None,
-                context=k.context,
-            )
-            closers.append(client.close)
-            if cfg.surge_interval_s > 0:
-                pods = pods_adapter.PodReader(
-                    client, k.namespace, {w.name: w.pods for w in cfg.workloads if w.pods}, clock=clock
-                )
-                closers.append(pods.close)
-            cluster = kube_adapter.KubeCluster(
-                client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
-            )
-            by_pulumi = _pulumi_pools(loaded, clock=clock, tel=tel, command=pulumi_command)
-            pulumi = list({id(a): a for a in by_pulumi.values()}.values())
-            closers.extend(a.close for a in pulumi)
-            capacity = routing.PoolRouter(by_pulumi)
-            le = cfg.leader_election
-            if le.enabled and not dry_run:
-                elector = kube_adapter.LeaseElector(
-                    client,
-                    le.identity or kube_adapter.default_identity(),
-                    clock=clock,
-                    name=le.lease_name,
-                    namespace=le.namespace or k.namespace,
-                    lease_duration_s=le.lease_duration_s,
-                    renew_deadline_s=le.renew_deadline_s,
-                )
+        parts = _adapters(
+            loaded, clock=clock, tel=tel, command=pulumi_command, dry_run=dry_run, closers=closers
+        )
+        cluster, capacity, pods, elector = parts.cluster, parts.capacity, parts.pods, parts.elector
+        pulumi, local = parts.pulumi, parts.local
 
         observers: list[Callable[[model.TickReport], None]] = [tel.observe]
         if not dry_run:
@@ -248,6 +209,75 @@ def build(
         local=local,
         closers=closers,
     )
+
+
+@dataclass
+class _Adapters:
+    cluster: ports.Cluster
+    capacity: ports.Capacity
+    pods: pods_adapter.PodReader | None = None
+    elector: kube_adapter.LeaseElector | None = None
+    pulumi: list[pulumi_stack.PulumiCapacity] = field(default_factory=list)
+    local: list[local_adapter.LocalPool] = field(default_factory=list)
+
+
+def _adapters(
+    loaded: config_mod.Loaded,
+    *,
+    clock: ports.Clock,
+    tel: telemetry.Telemetry,
+    command: auto.PulumiCommand | None,
+    dry_run: bool,
+    closers: list[Callable[[], None]],
+) -> _Adapters:
+    """The cluster and capacity the config names (local workers, or Kubernetes with Pulumi pools); each
+    adapter's close joins `closers`."""
+    cfg = loaded.config
+    pulumi: list[pulumi_stack.PulumiCapacity] = []
+    local: list[local_adapter.LocalPool] = []
+    elector: kube_adapter.LeaseElector | None = None
+    pods: pods_adapter.PodReader | None = None
+    cluster: ports.Cluster
+    capacity: ports.Capacity
+    if cfg.adapter_kind == "local":
+        by_pool = _local_pools(loaded, clock=clock)
+        local = list({id(a): a for a in by_pool.values()}.values())
+        closers.extend(a.close for a in local)
+        cluster = routing.ClusterRouter(by_pool)
+        capacity = routing.PoolRouter(by_pool)
+    else:
+        assert cfg.kubernetes is not None  # validated with pulumi pools
+        k = cfg.kubernetes
+        client = kube_adapter.api_client(
+            host=k.host,
+            kubeconfig=str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None,
+            context=k.context,
+        )
+        closers.append(client.close)
+        if cfg.surge_interval_s > 0:
+            pods = pods_adapter.PodReader(
+                client, k.namespace, {w.name: w.pods for w in cfg.workloads if w.pods}, clock=clock
+            )
+            closers.append(pods.close)
+        cluster = kube_adapter.KubeCluster(
+            client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
+        )
+        by_pulumi = _pulumi_pools(loaded, clock=clock, tel=tel, command=command)
+        pulumi = list({id(a): a for a in by_pulumi.values()}.values())
+        closers.extend(a.close for a in pulumi)
+        capacity = routing.PoolRouter(by_pulumi)
+        le = cfg.leader_election
+        if le.enabled and not dry_run:
+            elector = kube_adapter.LeaseElector(
+                client,
+                le.identity or kube_adapter.default_identity(),
+                clock=clock,
+                name=le.lease_name,
+                namespace=le.namespace or k.namespace,
+                lease_duration_s=le.lease_duration_s,
+                renew_deadline_s=le.renew_deadline_s,
+            )
+    return _Adapters(cluster, capacity, pods=pods, elector=elector, pulumi=pulumi, local=local)
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:
