@@ -14,7 +14,13 @@ from collections.abc import Sequence
 
 from controller import errors
 
-SUBCOMMANDS = ("controller.sim.command", "controller.policy_file", "controller.live", "controller.bench_tick")
+SUBCOMMANDS = (
+    "controller.sim.command",
+    "controller.sim.families",
+    "controller.policy_file",
+    "controller.live",
+    "controller.bench_tick",
+)
 
 
 def parser() -> argparse.ArgumentParser:
