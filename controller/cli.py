@@ -17,6 +17,7 @@ from controller import errors
 SUBCOMMANDS = (
     "controller.sim.command",
     "controller.sim.families",
+    "controller.sim.evaluate",
     "controller.policy_file",
     "controller.live",
     "controller.bench_tick",
