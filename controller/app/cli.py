@@ -16,6 +16,8 @@ from controller.runtime import errors
 
 SUBCOMMANDS = (
     "controller.sim.command",
+    "controller.sim.families",
+    "controller.sim.evaluate",
     "controller.runtime.policy_file",
     "controller.app.live",
     "controller.app.demo",

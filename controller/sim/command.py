@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--scenario", required=True, help="a shipped scenario name (e.g. flash-crowd) or a YAML path"
     )
-    p.add_argument("--policies", help=f"comma-separated subset of: {','.join(policies.NAMES)}")
+    p.add_argument("--policies", help=f"comma-separated subset of: {','.join(policies.KNOWN)}")
     p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
     p.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON")
     p.add_argument("--timeseries", type=Path, help="write one per-second CSV per policy into this folder")
@@ -39,11 +39,16 @@ def register(sub: Any) -> None:
 
 
 def run_all(
-    sc: scenario.Scenario, names: tuple[str, ...], *, policy_path: Path, quiet: bool = False
+    sc: scenario.Scenario,
+    names: tuple[str, ...],
+    *,
+    policy_path: Path,
+    quiet: bool = False,
+    oracle_cost: float | None = None,
 ) -> tuple[list[engine.Run], float | None]:
+    """The runs of `names` in that order, and the oracle's cost (given, run, or computed here)."""
     burst_policy = policy_file.load(policy_path)
     runs = []
-    oracle_cost = None
     # The oracle first: every other cost is reported against it.
     ordered = sorted(names, key=lambda n: n != "oracle")
     for name in ordered:

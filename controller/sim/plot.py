@@ -13,9 +13,12 @@ import numpy as np
 
 from controller.sim import engine, scenario
 
+REFERENCES = ("oracle", "lagged-oracle")
+
 COLORS = {
     "gpuburst": "#d62728",
     "oracle": "#2ca02c",
+    "lagged-oracle": "#98df8a",
     "hpa+ca": "#1f77b4",
     "keda+karpenter": "#9467bd",
     "kpa+karpenter": "#8c564b",
@@ -36,7 +39,7 @@ def _bucket(values: np.ndarray, width: int, how: str = "mean") -> np.ndarray:
 def best_baseline(runs: Sequence[engine.Run]) -> str | None:
     """The peer with the highest SLO attainment, the cheaper one on a tie (static-peak and
     private-only are reference points, not peers)."""
-    peers = [r for r in runs if r.policy not in ("gpuburst", "oracle", "static-peak", "private-only")]
+    peers = [r for r in runs if r.policy not in ("gpuburst", "static-peak", "private-only", *REFERENCES)]
     if not peers:
         return None
     return max(peers, key=lambda r: (round(r.slo_attainment, 4), -r.cost_usd)).policy

@@ -21,15 +21,18 @@ NAMES: tuple[str, ...] = (
     "oracle",
 )
 BASELINES = NAMES[1:-1]
+REFERENCES: tuple[str, ...] = ("oracle", "lagged-oracle")
+"""Informed references (they read the trace); only `oracle` runs by default."""
+KNOWN: tuple[str, ...] = (*NAMES, "lagged-oracle")
 
 
 def parse_names(text: str | None) -> tuple[str, ...]:
     if not text:
         return NAMES
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in NAMES]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        raise errors.UserError(f"--policies: unknown policy {unknown[0]!r}; known: {', '.join(NAMES)}")
+        raise errors.UserError(f"--policies: unknown policy {unknown[0]!r}; known: {', '.join(KNOWN)}")
     if not names:
         raise errors.UserError("--policies: name at least one policy")
     return names
@@ -61,4 +64,6 @@ def run(
 ) -> engine.Run:
     if name == "oracle":
         return oracle.run(sc)
+    if name == "lagged-oracle":
+        return oracle.lagged(sc)
     return engine.run(sc, factory(name, burst_policy), progress=progress)
