@@ -1,219 +1,359 @@
-"""Demand forecasting over the node boot horizon: a short-term trend, and daily and weekly seasonality
-learned online once a whole period has been seen.
+"""Demand over the horizon that matters: a small ensemble of forecasters, each judged by its own errors.
 
-Pure and small on purpose: the state is a few tuples that decide carries from tick to tick, so the live
-controller and the simulator forecast identically and a restart loses nothing (the store keeps it).
+Every tick each forecaster predicts the demand sample that will be seen one horizon ahead (a node
+boot, the wait for the next tick, and the rate window's lag); when that time comes, the log error
+`log(seen / predicted)` goes into the forecaster's decayed error histogram. The bound a forecaster
+offers is its prediction times the `coverage` quantile of its own errors (a conformal bound: it covers
+that share of this workload's real surprises, whatever their shape). The ensemble plans with the
+forecaster whose bounds have lately been tightest for the same coverage, so a smooth ramp is planned
+by a trend, per-minute noise by a robust level, and recurring spikes by the profile that saw them come
+before. Nothing here knows a scenario: each workload's own errors choose.
+
+Pure and small: the state is tuples that decide carries from tick to tick (the store keeps them).
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+HOUR_S = 3600.0
 DAY_S = 86400.0
 WEEK_S = 7 * DAY_S
 
 
-@dataclass(frozen=True, slots=True)
-class Trend:
-    """A least-squares line through recent demand samples."""
+class Source(enum.StrEnum):
+    """The forecasters of the ensemble."""
 
-    level: float
-    """The fitted demand at the newest sample's time."""
-    slope: float
-    """Requests per second, per second."""
-    sigma: float
-    """Standard deviation of the samples around the line: the short-term variability."""
-    slope_sigma: float
-    """Standard error of the slope."""
-    n: int
-    noise: float = 0.0
-    """The demand's own short-term noise: a robust scale of its second differences, which a ramp or a
-    single step (a burst starting or ending) does not inflate the way it inflates `sigma`."""
-
-
-def trend(samples: Sequence[tuple[float, float]], *, noise: bool = False) -> Trend | None:
-    """Fit `value = level + slope x (t - t_last)`; None with fewer than three samples.
-
-    `noise` also estimates the robust noise scale (a sort per call: asked for only where used)."""
-    return trends(samples, suffix=0, noise=noise)[0]
+    LAST = "last"
+    """The latest sample: right when demand moves in steps that last."""
+    LEVEL = "level"
+    """The median of the last few samples: right when single samples are noise."""
+    BASE = "base"
+    """The median of the last quarter hour: right when spikes come and go within a boot."""
+    TREND = "trend"
+    """A straight line through the trend window, carried to the horizon: linear ramps."""
+    GROWTH = "growth"
+    """A straight line through the log of demand: exponential ramps (flash crowds)."""
+    HOURLY = "hourly"
+    BIHOURLY = "bihourly"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    """Profiles of the peaks seen at the same time of hour, two hours, day and week."""
 
 
-def trends(
-    samples: Sequence[tuple[float, float]], *, suffix: int, noise: bool = False
-) -> tuple[Trend | None, Trend | None]:
-    """The fit through all samples and the fit through the last `suffix` of them, in one pass (this
-    runs every tick for every workload)."""
-    n = len(samples)
-    if n < 3:
-        return None, None
-    t_last = samples[-1][0]
-    sx = sy = sxx = sxy = syy = 0.0
-    short: Trend | None = None
-    for k in range(n):
-        t, y = samples[n - 1 - k]
-        x = t - t_last
-        sx += x
-        sy += y
-        sxx += x * x
-        sxy += x * y
-        syy += y * y
-        if k + 1 == suffix and suffix >= 3:
-            short = _fit(suffix, (sx, sy, sxx, sxy, syy))
-    full = _fit(n, (sx, sy, sxx, sxy, syy))
-    if full is not None and noise:
-        second = sorted(abs(samples[i][1] - 2 * samples[i - 1][1] + samples[i - 2][1]) for i in range(2, n))
-        # For white noise the second difference has sd sigma x sqrt(6); 1.4826 x median is a robust sd.
-        full = replace(full, noise=1.4826 * second[len(second) // 2] / math.sqrt(6.0))
-    return full, short
-
-
-def _fit(n: int, sums: tuple[float, float, float, float, float]) -> Trend | None:
-    sx, sy, sxx, sxy, syy = sums
-    cxx = sxx - sx * sx / n
-    if cxx <= 0:
-        return None
-    cxy = sxy - sx * sy / n
-    cyy = syy - sy * sy / n
-    slope = cxy / cxx
-    level = (sy - slope * sx) / n
-    sigma = math.sqrt(max(0.0, cyy - slope * cxy) / (n - 2))
-    return Trend(level, slope, sigma, sigma / math.sqrt(cxx), n)
+# -- error records --------------------------------------------------------------------------------------
+ERROR_LOW = -1.5
+ERROR_BIN = 0.05
+ERROR_BINS = 90
+"""Log errors from -1.5 (a forecast 4.5x too high) to +3 (20x too low); beyond them, the edge bins."""
 
 
 @dataclass(frozen=True, slots=True)
-class Seasonal:
-    """Mean demand per time-of-period bin, learned online (an exponentially weighted average per bin).
+class Errors:
+    """One forecaster's log errors, exponentially forgotten.
 
-    It forecasts only after a whole period has been seen, and only as well as it has recently predicted:
-    `error` is the smoothed relative error of its own one-bin-ahead predictions.
+    New errors enter with weight `2 ** ((t - origin) / half_life)` instead of fading every old one each
+    tick (one bin changes per error); the weights are rebased when they grow large.
     """
+
+    weights: tuple[float, ...] = (0.0,) * ERROR_BINS
+    total: float = 0.0
+    sum: float = 0.0
+    """Weighted sum of the errors: their mean is `sum / total`."""
+    origin: float | None = None
+
+
+def record(e: Errors, t: float, error: float, *, half_life_s: float) -> Errors:
+    origin = t if e.origin is None else e.origin
+    weights, total, total_sum = e.weights, e.total, e.sum
+    exponent = (t - origin) / half_life_s
+    if exponent > 60.0:  # rebase before the weights overflow
+        shrink = 2.0**-exponent
+        weights = tuple(w * shrink for w in weights)
+        total, total_sum, origin, exponent = total * shrink, total_sum * shrink, t, 0.0
+    w = 2.0**exponent
+    error = min(ERROR_LOW + ERROR_BINS * ERROR_BIN, max(ERROR_LOW, error))
+    i = min(ERROR_BINS - 1, int((error - ERROR_LOW) / ERROR_BIN))
+    return Errors(
+        (*weights[:i], weights[i] + w, *weights[i + 1 :]), total + w, total_sum + w * error, origin
+    )
+
+
+def count(e: Errors, t: float, *, half_life_s: float) -> float:
+    """The effective number of errors remembered at time t."""
+    if e.origin is None:
+        return 0.0
+    return e.total * 2.0 ** (-(t - e.origin) / half_life_s)
+
+
+def quantile(e: Errors, q: float) -> float:
+    """The log error not exceeded with probability q, linear within its bin."""
+    if e.total <= 0:
+        return 0.0
+    need = q * e.total
+    acc = 0.0
+    for i, w in enumerate(e.weights):
+        if w > 0 and acc + w >= need:
+            return ERROR_LOW + (i + (need - acc) / w) * ERROR_BIN
+        acc += w
+    return ERROR_LOW + ERROR_BINS * ERROR_BIN
+
+
+def mean(e: Errors) -> float:
+    return e.sum / e.total if e.total > 0 else 0.0
+
+
+# -- seasonal profiles ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The peak demand per time-of-period bin over the last two periods.
+
+    A time is forecast by what both periods reached near it (the lower of their peaks within `reach`):
+    a spike seen once is not forecast again, one that recurs at about the same time is."""
 
     period_s: float
     bin_s: float
     values: tuple[float, ...]
-    seen: tuple[bool, ...]
+    """The last period's peak per bin."""
+    before: tuple[float, ...]
+    """The period before's peak per bin."""
     started_at: float | None = None
     bin_index: int = -1
-    bin_sum: float = 0.0
-    bin_count: int = 0
-    error: float = 1.0
-    """Smoothed |predicted - actual| / actual of the bins closed since the profile was complete."""
+    bin_peak: float = 0.0
 
     @staticmethod
-    def empty(period_s: float, bin_s: float = 300.0) -> Seasonal:
+    def empty(period_s: float, bin_s: float) -> Profile:
         n = int(period_s // bin_s)
-        return Seasonal(period_s, bin_s, (0.0,) * n, (False,) * n)
+        return Profile(period_s, bin_s, (0.0,) * n, (0.0,) * n)
 
     def index(self, t: float) -> int:
         return int((t % self.period_s) // self.bin_s) % len(self.values)
 
     def complete(self, t: float) -> bool:
-        return self.started_at is not None and t - self.started_at >= self.period_s and all(self.seen)
+        return self.started_at is not None and t - self.started_at >= 2 * self.period_s + self.bin_s
 
 
-def observe(s: Seasonal, t: float, value: float, *, alpha: float = 0.5) -> Seasonal:
-    """Add a demand sample; closing a bin folds its mean into the profile and scores the profile."""
-    idx = s.index(t)
-    started = t if s.started_at is None else s.started_at
-    if idx == s.bin_index:
-        # The common case, every tick: built directly (dataclasses.replace costs a field walk).
-        return Seasonal(
-            s.period_s, s.bin_s, s.values, s.seen, started, idx, s.bin_sum + value, s.bin_count + 1, s.error
-        )
-    values, seen, error = s.values, s.seen, s.error
-    if s.bin_index >= 0 and s.bin_count > 0:
-        mean = s.bin_sum / s.bin_count
-        old = values[s.bin_index]
-        if seen[s.bin_index] and s.complete(t):
-            rel = abs(old - mean) / max(mean, 1.0)
-            error = (1 - alpha) * error + alpha * min(rel, 1.0)
-        new = mean if not seen[s.bin_index] else (1 - alpha) * old + alpha * mean
-        values = (*values[: s.bin_index], new, *values[s.bin_index + 1 :])
-        seen = (*seen[: s.bin_index], True, *seen[s.bin_index + 1 :])
-    return replace(
-        s,
-        values=values,
-        seen=seen,
-        started_at=started,
-        bin_index=idx,
-        bin_sum=value,
-        bin_count=1,
-        error=error,
-    )
+def observe(p: Profile, t: float, value: float) -> Profile:
+    idx = p.index(t)
+    if idx == p.bin_index:
+        if value <= p.bin_peak:
+            return p
+        return Profile(p.period_s, p.bin_s, p.values, p.before, p.started_at, idx, value)
+    values, before = p.values, p.before
+    if p.bin_index >= 0:
+        i = p.bin_index
+        before = (*before[:i], values[i], *before[i + 1 :])
+        values = (*values[:i], p.bin_peak, *values[i + 1 :])
+    started = t if p.started_at is None else p.started_at
+    return Profile(p.period_s, p.bin_s, values, before, started, idx, value)
 
 
-def profile_peak(s: Seasonal, start: float, end: float) -> float:
-    """The highest profile value over the bins that [start, end] touches."""
-    t = start
-    peak = 0.0
-    while t <= end:
-        peak = max(peak, s.values[s.index(t)])
-        t += s.bin_s
-    return max(peak, s.values[s.index(end)])
+def peak_around(p: Profile, t: float, reach_s: float) -> float:
+    """What both periods reached within `reach_s` of t: recurring spikes come minutes early or late."""
+    n = len(p.values)
+    centre = p.index(t)
+    k = int(reach_s // p.bin_s)
+    around = [(centre + j) % n for j in range(-k, k + 1)]
+    return min(max(p.values[i] for i in around), max(p.before[i] for i in around))
+
+
+PROFILES: tuple[tuple[Source, float, float, float], ...] = (
+    (Source.HOURLY, HOUR_S, 60.0, 300.0),
+    (Source.BIHOURLY, 2 * HOUR_S, 60.0, 300.0),
+    (Source.DAILY, DAY_S, 300.0, 600.0),
+    (Source.WEEKLY, WEEK_S, 1800.0, 1800.0),
+)
+"""(source, period, bin, reach): what is learned of each period, and how far around a time it looks."""
+
+
+# -- the ensemble ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What the ensemble remembers of one workload's demand."""
+
+    samples: tuple[tuple[float, float], ...] = ()
+    """(time, demand) over the longest window a forecaster looks at."""
+    pending: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    """(due time, each forecaster's prediction) not yet checked against what came."""
+    errors: tuple[Errors, ...] = ()
+    """Per forecaster: the highest error of each horizon-long block of forecasts."""
+    blocks: tuple[tuple[float, float], ...] = ()
+    """Per forecaster: (start, highest error so far) of the block being gathered."""
+    profiles: tuple[Profile, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    trend_window_s: float
+    level_window_s: float
+    base_window_s: float
+    half_life_s: float
+    coverage: float
+    min_errors: float
+    cold_margin: float
+    floor_rps: float
+    """Demand within a few requests per second of zero is compared in absolute terms, not as ratios."""
 
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
     now_rps: float
-    """Demand now: the trend's level corrected for the rate window's lag."""
-    peak_rps: float
-    """The highest demand expected between now and the horizon."""
-    sigma_rps: float
-    """The demand's short-term variability around its trend (one standard deviation)."""
-    noise_rps: float
-    """The robust part of that variability: the noise a single step or a ramp does not inflate."""
-    recent_max_rps: float
-    """The highest demand sample over the trend window."""
-    sigma_horizon_rps: float
-    """How far the demand may be from the trend by the horizon (variability and slope uncertainty)."""
-    source: str
-    confidence: float
-    """0..1: how far to trust the forecast beyond the current level (seasonal fit, or trend fit)."""
-    falling: bool = False
-    """The trend points down beyond its uncertainty: the peak has passed."""
-    rising: bool = False
-    """The trend points up beyond its uncertainty: what is released now would be needed again."""
+    """The latest demand sample."""
+    expected_rps: float
+    """The chosen forecaster's prediction for the horizon."""
+    bound_rps: float
+    """The demand to plan for: the prediction times the coverage quantile of its errors."""
+    source: Source | None
+    """The forecaster chosen; None while no forecaster has enough errors to be judged."""
+    margin: float
+    """The log headroom applied (the coverage quantile of the chosen forecaster's errors)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorHistogram:
-    """How far demand came in above past forecasts, as a fraction of the forecast, remembered with
-    exponential forgetting: headroom taken from its quantile covers the errors this workload has really
-    shown, wide where demand jumps and narrow where it is smooth (a conformal prediction bound)."""
-
-    bin_width: float = 0.02
-    weights: tuple[float, ...] = ()
-    """weights[0]: errors <= 0 (over-forecasts); weights[i]: errors in ((i-1) w, i w]; the last is open."""
-    total: float = 0.0
-
-    @staticmethod
-    def empty(bins: int = 51, bin_width: float = 0.02) -> ErrorHistogram:
-        return ErrorHistogram(bin_width, (0.0,) * bins, 0.0)
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def record_error(h: ErrorHistogram, error: float, *, decay: float) -> ErrorHistogram:
-    """Add one relative error after fading every earlier one by `decay`."""
-    n = len(h.weights)
-    idx = 0 if error <= 0 else min(n - 1, 1 + int(error / h.bin_width))
-    weights = [w * decay for w in h.weights]
-    weights[idx] += 1.0
-    return replace(h, weights=tuple(weights), total=h.total * decay + 1.0)
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """(value at the newest point, slope) of the least-squares line; None below three points."""
+    n = len(points)
+    if n < 3:
+        return None
+    t_last = points[-1][0]
+    sx = sy = sxx = sxy = 0.0
+    for t, y in points:
+        x = t - t_last
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    cxx = sxx - sx * sx / n
+    if cxx <= 0:
+        return None
+    slope = (sxy - sx * sy / n) / cxx
+    return (sy - slope * sx) / n, slope
 
 
-def error_quantile(h: ErrorHistogram, q: float) -> float:
-    """The relative error not exceeded with probability q (interpolated within its bin); 0 if none."""
-    if h.total <= 0:
-        return 0.0
-    need = q * h.total
-    acc = 0.0
-    for i, w in enumerate(h.weights):
-        if acc + w >= need:
-            if i == 0 or w <= 0:
-                return i * h.bin_width
-            # Linear within the bin, as Prometheus' histogram_quantile does: the bin's upper edge would
-            # overstate the quantile by up to a whole bin.
-            return (i - 1 + (need - acc) / w) * h.bin_width
-        acc += w
-    return (len(h.weights) - 1) * h.bin_width
+MAX_GROWTH = math.log(8.0)
+"""An exponential fit carried to the horizon multiplies demand by at most 8."""
+
+
+def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[float, ...]:
+    """Each forecaster's prediction of the demand sample one horizon ahead (NaN where it has none)."""
+    latest = m.samples[-1][1]
+    recent = m.samples[bisect.bisect_left(m.samples, at - settings.trend_window_s, key=_time) :]
+    level_from = bisect.bisect_left(m.samples, at - settings.level_window_s, key=_time)
+    level = _median([v for _, v in m.samples[level_from:]])
+    base = _median([v for _, v in m.samples])
+    line = _line(recent)
+    trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
+    eps = settings.floor_rps
+    logs = _line([(t, math.log(v + eps)) for t, v in recent])
+    growth = (
+        max(0.0, math.exp(logs[0] + min(MAX_GROWTH, max(-MAX_GROWTH, logs[1] * horizon_s))) - eps)
+        if logs is not None
+        else math.nan
+    )
+    seasonal = tuple(
+        peak_around(p, at + horizon_s, reach) if p.complete(at) else math.nan
+        for p, (_, _, _, reach) in zip(m.profiles, PROFILES, strict=True)
+    )
+    return (latest, level, base, trend, growth, *seasonal)
+
+
+SOURCES: tuple[Source, ...] = (Source.LAST, Source.LEVEL, Source.BASE, Source.TREND, Source.GROWTH) + tuple(
+    s for s, _, _, _ in PROFILES
+)
+
+
+def _time(sample: tuple[float, float]) -> float:
+    return sample[0]
+
+
+def _score(
+    m: Model, at: float, seen: float, predicted: tuple[float, ...], *, block_s: float, settings: Settings
+) -> tuple[tuple[Errors, ...], tuple[tuple[float, float], ...]]:
+    """Fold one due forecast's errors into each forecaster's block; a block closed goes on record.
+
+    Forecasts a tick apart share most of their horizon, so one surprise shows in a whole horizon of
+    them: judged per block, a single step counts once, while noise within every block still counts."""
+    errors = m.errors or tuple(Errors() for _ in SOURCES)
+    blocks = m.blocks or tuple((math.nan, math.nan) for _ in SOURCES)
+    eps = settings.floor_rps
+    out_e, out_b = [], []
+    for e, (start, top), p in zip(errors, blocks, predicted, strict=True):
+        if math.isnan(p):
+            out_e.append(e)
+            out_b.append((start, top))
+            continue
+        error = seen - math.log(p + eps)
+        if math.isnan(start) or at // block_s != start // block_s:
+            if not math.isnan(start):
+                e = record(e, at, top, half_life_s=settings.half_life_s)
+            start, top = at, error
+        else:
+            top = max(top, error)
+        out_e.append(e)
+        out_b.append((start, top))
+    return tuple(out_e), tuple(out_b)
+
+
+def remember(
+    m: Model, at: float, demand: float, *, block_s: float, settings: Settings, seasonal: bool
+) -> Model:
+    """Add a demand sample: score the forecasts now due, learn the profiles."""
+    keep_from = bisect.bisect_left(
+        m.samples, at - max(settings.trend_window_s, settings.base_window_s), key=_time
+    )
+    samples = (*m.samples[keep_from:], (at, demand))
+    pending = m.pending
+    seen = math.log(demand + settings.floor_rps)
+    while pending and pending[0][0] <= at:
+        errors, blocks = _score(m, at, seen, pending[0][1], block_s=block_s, settings=settings)
+        m = replace(m, errors=errors, blocks=blocks)
+        pending = pending[1:]
+    profiles = m.profiles
+    if seasonal:
+        profiles = tuple(
+            observe(p, at, demand)
+            for p in (m.profiles or tuple(Profile.empty(period, b) for _, period, b, _ in PROFILES))
+        )
+    return Model(samples, pending, m.errors, m.blocks, profiles)
+
+
+def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
+    """The bound to plan for, and the model with this tick's predictions pending."""
+    predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
+    m = replace(m, pending=(*m.pending, (at + horizon_s, predicted)))
+    eps = settings.floor_rps
+    best: tuple[float, Source, float, float] | None = None
+    for source, p, e in zip(SOURCES, predicted, m.errors or (), strict=False):
+        n = count(e, at, half_life_s=settings.half_life_s)
+        if math.isnan(p) or n < settings.min_errors:
+            continue
+        # A surprise seen once is not yet a pattern: the tail covered must rest on two blocks at least,
+        # and until the errors can tell the coverage asked, the margin is at least the cold one.
+        margin = quantile(e, min(settings.coverage, 1.0 - 2.0 / n))
+        if n < 2.0 / (1.0 - settings.coverage):
+            margin = max(margin, settings.cold_margin)
+        # The bound's expected distance above what comes, in log terms, is the cost of trusting it; a
+        # forecaster that is right only after a large correction for its bias counts that correction
+        # too (its bias is of the past, and may not hold when demand changes course).
+        bias = mean(e)
+        slack = margin - bias + abs(bias)
+        if best is None or slack < best[0]:
+            best = (slack, source, p, margin)
+    latest = m.samples[-1][1]
+    if best is None:
+        # Too few errors to judge any forecaster: the latest level, or the robust one, with a margin.
+        cold = max(predicted[0], predicted[1])
+        bound = (cold + eps) * math.exp(settings.cold_margin) - eps
+        return Forecast(latest, cold, bound, None, settings.cold_margin), m
+    _, source, expected, margin = best
+    bound = max(0.0, (expected + eps) * math.exp(margin) - eps)
+    return Forecast(latest, expected, bound, source, margin), m

@@ -18,6 +18,8 @@ class Limited:
     target: dict[str, int]
     reasons: tuple[str, ...]
     budget_binding: bool
+    cause: model.Cause | None = None
+    """The most binding limit that changed the target, if any."""
 
 
 def enforce(
@@ -33,6 +35,7 @@ def enforce(
     rejected when loaded, so this only matters after a live budget override).
     """
     reasons: list[str] = []
+    causes: set[model.Cause] = set()
     out: dict[str, int] = {}
     for pool in pools:
         want = max(0, int(target.get(pool.name, 0)))
@@ -40,8 +43,10 @@ def enforce(
         clamped = min(max(want, pool.min_nodes), ceiling)
         if clamped < want:
             reasons.append(f"{pool.name}: capped at {clamped} nodes (max_nodes {pool.max_nodes})")
+            causes.add(model.Cause.MAX_NODES)
         elif clamped > want:
             reasons.append(f"{pool.name}: held at min_nodes {pool.min_nodes}")
+            causes.add(model.Cause.MIN_NODES)
         out[pool.name] = clamped
     binding = False
     if budget_usd_per_hour is not None:
@@ -53,11 +58,14 @@ def enforce(
                 cost -= pool.price_per_hour
                 binding = True
         if binding:
+            causes.add(model.Cause.BUDGET)
             reasons.append(
                 f"budget binds: {cost:.2f} of {budget_usd_per_hour:.2f} USD/h "
                 f"({leaving_cost:.2f} on nodes already leaving)"
             )
-    return Limited(target=out, reasons=tuple(reasons), budget_binding=binding)
+    order = list(model.Cause)
+    cause = min(causes, key=order.index) if causes else None
+    return Limited(target=out, reasons=tuple(reasons), budget_binding=binding, cause=cause)
 
 
 def usd_per_hour(counts: Mapping[str, int], pools: Sequence[model.PoolSpec]) -> float:

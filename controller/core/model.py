@@ -197,6 +197,24 @@ class Transition:
     reason: str
 
 
+class Cause(enum.StrEnum):
+    """What shaped a decision, most binding first: telemetry, the API and dashboards read this, never
+    the free-text reasons."""
+
+    OPERATOR_HOLD = "operator_hold"
+    UNSYNCED = "unsynced"
+    BUDGET = "budget"
+    MAX_NODES = "max_nodes"
+    CAPACITY_REFUSED = "capacity_refused"
+    STABILIZATION = "stabilization"
+    """Idle burst capacity kept: releasing it now would cost more than keeping it (its relaunch)."""
+    MIN_NODES = "min_nodes"
+    BACKLOG = "backlog"
+    """Extra capacity to drain a queue that built up."""
+    DEMAND = "demand"
+    """The forecast demand's bound, as planned."""
+
+
 class Action(enum.StrEnum):
     SCALE_UP = "scale_up"
     SCALE_DOWN = "scale_down"
@@ -218,6 +236,9 @@ class Decision:
     forecast_rps: Mapping[str, float]
     reasons: tuple[str, ...]
     budget_binding: bool = False
+    cause: Cause = Cause.DEMAND
+    figures: Mapping[str, float] = field(default_factory=dict)
+    """The numbers behind the cause (demand, bound, margin, GPUs wanted and kept, ...)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,21 +26,19 @@ class _Policy(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     name: str = _D.name
+    slo_target: float = pydantic.Field(_D.slo_target, gt=0.5, lt=1)
+    block_miss_share: float = pydantic.Field(_D.block_miss_share, gt=0, le=1)
     target_utilization: float = pydantic.Field(_D.target_utilization, gt=0, le=1)
-    forecast_quantile: float = pydantic.Field(_D.forecast_quantile, ge=0, lt=1)
-    error_half_life_s: float = pydantic.Field(_D.error_half_life_s, gt=0)
-    headroom_sigmas: float = pydantic.Field(_D.headroom_sigmas, ge=0)
     trend_window_s: float = pydantic.Field(_D.trend_window_s, ge=30)
-    fast_samples: int = pydantic.Field(_D.fast_samples, ge=0)
+    level_window_s: float = pydantic.Field(_D.level_window_s, ge=0)
+    base_window_s: float = pydantic.Field(_D.base_window_s, ge=0)
+    error_half_life_s: float = pydantic.Field(_D.error_half_life_s, gt=0)
+    min_errors: float = pydantic.Field(_D.min_errors, ge=1)
+    cold_margin: float = pydantic.Field(_D.cold_margin, ge=0, le=3)
     horizon_extra_s: float = pydantic.Field(_D.horizon_extra_s, ge=0)
     seasonality: bool = _D.seasonality
-    seasonal_max_error: float = pydantic.Field(_D.seasonal_max_error, ge=0, le=1)
-    release_quantile: float = pydantic.Field(_D.release_quantile, ge=0, lt=1)
-    scale_down_stabilization_s: float = pydantic.Field(_D.scale_down_stabilization_s, ge=0)
-    fall_stabilization_s: float = pydantic.Field(_D.fall_stabilization_s, ge=0)
-    fall_window_s: float = pydantic.Field(_D.fall_window_s, ge=0)
+    keep_factor: float = pydantic.Field(_D.keep_factor, ge=0)
     backlog_drain_s: float = pydantic.Field(_D.backlog_drain_s, gt=0)
-    surge_drain_s: float = pydantic.Field(_D.surge_drain_s, gt=0)
     burst_tiers: list[str] = pydantic.Field(default_factory=lambda: sorted(_D.burst_tiers), min_length=1)
     budget_usd_per_hour: float | None = pydantic.Field(_D.budget_usd_per_hour, ge=0)
     boot_timeout_s: float = pydantic.Field(_D.boot_timeout_s, gt=0)
@@ -53,12 +51,6 @@ class _Policy(pydantic.BaseModel):
         if unknown:
             raise ValueError(f"unknown tier(s) {unknown}; tiers are {list(model.TIERS)}")
         return v
-
-    @pydantic.model_validator(mode="after")
-    def _windows(self) -> _Policy:
-        if self.fall_stabilization_s > self.scale_down_stabilization_s:
-            raise ValueError("fall_stabilization_s must not exceed scale_down_stabilization_s")
-        return self
 
 
 def parse(data: Any, *, where: str) -> policy.BurstPolicy:

@@ -155,6 +155,7 @@ class Reconciler:
                 if st.unavailable_until is not None and st.unavailable_until > now
             ),
             problems=obs.errors + (hold if snap.overrides.hold else ()),
+            operator_hold=snap.overrides.hold,
         )
         decision, policy_state = policy.decide(inputs, snap.policy_state, setup.policy)
         plan = lifecycle.plan(

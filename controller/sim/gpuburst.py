@@ -77,12 +77,9 @@ class Gpuburst:
         }
 
     def wake(self, t: int) -> None:
-        self.next_wake = t + SURGE_CHECK_S
         if t >= self.next_tick:
-            self.next_tick = t + self.tick_s
+            self.next_tick = self.next_wake = t + self.tick_s
             self.reconciler.tick()
-        elif self.reconciler.surge_check() is not None:
-            self.surges += 1
 
     def serving_gpus(self) -> int:
         # The engine asks after every wake and every cloud event; the replicas' reading reuses it.

@@ -1,0 +1,85 @@
+"""Plan: the GPUs one workload needs for its forecast bound, and for a queue that built up.
+
+Capacity bought now serves only after a boot, so it is sized for the bound one horizon ahead. A
+standing queue also tells what arrives now better than a rate averaged over a window: while it grows,
+arrivals are what was served plus its growth. Capacity to drain a backlog is wanted only while the
+backlog lasts, so it is kept apart from the bound and never held.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, replace
+
+from controller.core import capacity, forecast, model
+
+
+_FOLLOWING = frozenset({None, forecast.Source.LAST, forecast.Source.TREND, forecast.Source.GROWTH})
+"""Forecasters that follow the present: with them, a jump the queue shows is a level to plan for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    gpus: int
+    """GPUs for the bound and the backlog, private included."""
+    burst_gpus: int
+    """Burst GPUs for the bound (what is held against release)."""
+    backlog_gpus: int
+    """Burst GPUs beyond that, to drain a standing queue (not held)."""
+    forecast: forecast.Forecast
+    reason: str
+
+
+def _jump(mem: forecast.Model, window_s: float) -> float:
+    """The arrival rate a sudden jump implies: a rate averaged over a window climbs by 1/window of the
+    jump per second, so the rate one window ago plus the latest climb times the window is the rate now.
+    Asked only while a flooded queue says the lagging average sizes too little."""
+    if len(mem.samples) < 2:
+        return 0.0
+    (t1, r1), (t2, r2) = mem.samples[-2], mem.samples[-1]
+    if t2 <= t1 or r2 <= r1:
+        return 0.0
+    before = max(0, bisect.bisect_right(mem.samples, t2 - window_s, key=lambda s: s[0]) - 1)
+    return mem.samples[before][1] + window_s * (r2 - r1) / (t2 - t1)
+
+
+def need(
+    w: model.WorkloadSpec,
+    m: model.WorkloadMetrics,
+    mem: forecast.Model,
+    *,
+    at: float,
+    share: float,
+    horizon_s: float,
+    settings: forecast.Settings,
+    seasonality: bool,
+    utilization: float,
+    drain_s: float,
+) -> tuple[Need, forecast.Model]:
+    demand = (m.rate_rps or 0.0) * share
+    mem = forecast.remember(mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality)
+    fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
+    queue = (m.queue_depth or 0.0) * share
+    serving = sum(m.ready_replicas.values()) if m.ready_replicas else 0
+    # A queue holding more than the SLO's worth of work makes every new request miss until it drains,
+    # and says that the rate, averaged over its window, lags what arrives now.
+    # Chased only where this workload's steps have lasted: where its levels revert, a spike is over
+    # before capacity bought for it could serve.
+    follows = fc.source in _FOLLOWING
+    flooded = follows and queue > 0 and queue > serving * w.gpu_rps * share * w.slo_s
+    arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
+    if arrivals > fc.expected_rps:
+        fc = replace(fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, arrivals * math.exp(fc.margin)))
+    gpus = capacity.gpus_for(fc.bound_rps, w, utilization=utilization)
+    drain = capacity.gpus_for(arrivals + queue / drain_s, w, utilization=utilization) if flooded else 0
+    burst = max(0, gpus - w.private_gpus)
+    backlog = max(0, max(gpus, drain) - w.private_gpus) - burst
+    source = fc.source.value if fc.source is not None else "cold start"
+    reason = (
+        f"{w.name}: {demand:.0f} req/s now, {fc.expected_rps:.0f} expected by +{horizon_s:.0f}s ({source}), "
+        f"bound {fc.bound_rps:.0f} (x{math.exp(fc.margin):.2f}) -> {gpus} GPUs ({w.private_gpus} private)"
+    )
+    if backlog:
+        reason += f"; queue {queue:.0f}: +{backlog} GPUs to drain it in {drain_s:.0f}s"
+    return Need(max(gpus, drain), burst, backlog, fc, reason), mem
