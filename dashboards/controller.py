@@ -224,21 +224,9 @@ def _decisions(b: panels.Board) -> None:
             stacked=True,
         ),
         panels.timeseries(
-            "Surge ticks",
-            "Ticks per minute brought forward because a workload's replicas showed a surge (arrivals at "
-            "least twice what the plan serves, and a queue past the SLO) before Prometheus could.",
-            [
-                Query(
-                    f"sum by (workload) (rate({t.SURGE_TICKS}[$__rate_interval])) * 60",
-                    panels.legend("workload"),
-                )
-            ],
-            unit="none",
-        ),
-        panels.timeseries(
             "Decisions by reason",
-            "Ticks per minute by the reason that shaped the decision, most binding first: operator_hold, "
-            "unsynced, budget, max_nodes, capacity_refused, stabilization, min_nodes, demand.",
+            "Ticks per minute by the reason that shaped the decision, most binding first: "
+            f"{', '.join(t.REASONS)}.",
             [Query(f"sum by (reason) (rate({t.DECISIONS}[$__rate_interval])) * 60", panels.legend("reason"))],
             unit="none",
             stacked=True,

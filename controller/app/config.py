@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.core import model, policy
 from controller.runtime import errors, policy_file, reconciler
@@ -54,8 +53,6 @@ class WorkloadConfig(_Model):
     timeout_s: float = pydantic.Field(default=30.0, gt=0, description="how long a request may wait")
     prometheus: prometheus_adapter.WorkloadQueries | None = None
     """Selector, window and query templates; default: `job="<name>"` with the contract's queries."""
-    pods: pods_adapter.PodScrape | None = None
-    """How the surge check finds and reads the replicas; default: the contract's pod label and port."""
 
     def spec(self) -> model.WorkloadSpec:
         return model.WorkloadSpec(
@@ -220,9 +217,6 @@ class Config(_Model):
     """A burst policy (policies/burst/*.yaml); default: policies/burst/default.yaml."""
     store: StoreConfig = pydantic.Field(default_factory=StoreConfig)
     tick_interval_s: float = pydantic.Field(default=15.0, ge=0.1)
-    surge_interval_s: float = pydantic.Field(
-        default=1.0, ge=0, description="replicas read between ticks (kubernetes only); 0: off"
-    )
     api: ApiConfig = pydantic.Field(default_factory=ApiConfig)
     leader_election: LeaderElectionConfig = pydantic.Field(default_factory=LeaderElectionConfig)
     jobs: JobsConfig = pydantic.Field(default_factory=JobsConfig)

@@ -380,7 +380,8 @@ def main(args: argparse.Namespace) -> int:
             load.thread.join()
             # The load is over; give the controller the time its policy needs to let the last node go.
             policy = ctl.setup.policy
-            grace = policy.scale_down_stabilization_s + policy.drain_timeout_s
+            boot = max((p.boot_s for p in ctl.setup.pools), default=0.0)
+            grace = policy.keep_factor * boot + policy.horizon_extra_s + policy.drain_timeout_s
             clock = clock_mod.SystemClock()
             deadline = clock.now() + grace
             while clock.now() < deadline and _burst_nodes_left(ctl):

@@ -24,7 +24,6 @@ from pulumi import automation as auto
 from controller import ports
 from controller.adapters import kube as kube_adapter
 from controller.adapters import local as local_adapter
-from controller.adapters import pods as pods_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.adapters import pulumi_stack, routing
 from controller.app import config as config_mod
@@ -136,7 +135,7 @@ def build(
         parts = _adapters(
             loaded, clock=clock, tel=tel, command=pulumi_command, dry_run=dry_run, closers=closers
         )
-        cluster, capacity, pods, elector = parts.cluster, parts.capacity, parts.pods, parts.elector
+        cluster, capacity, elector = parts.cluster, parts.capacity, parts.elector
         pulumi, local = parts.pulumi, parts.local
 
         observers: list[Callable[[model.TickReport], None]] = [tel.observe]
@@ -151,7 +150,6 @@ def build(
             store=db,
             observers=observers,
             dry_run=dry_run,
-            pods=pods,
         )
         audit = orphans.OrphanAudit(
             [p.name for p in setup.pools],
@@ -172,7 +170,6 @@ def build(
                 refresh_s=cfg.jobs.refresh_interval_s,
                 orphan_audit_s=cfg.jobs.orphan_audit_interval_s,
                 retention_s=cfg.jobs.retention_interval_s,
-                surge_s=cfg.surge_interval_s if pods is not None else 0.0,
             ),
             retention_age_s=cfg.store.retention_days * 86400.0,
             # A dry run writes nothing: no refresh (it rewrites stack state), no pruning.
@@ -215,7 +212,6 @@ def build(
 class _Adapters:
     cluster: ports.Cluster
     capacity: ports.Capacity
-    pods: pods_adapter.PodReader | None = None
     elector: kube_adapter.LeaseElector | None = None
     pulumi: list[pulumi_stack.PulumiCapacity] = field(default_factory=list)
     local: list[local_adapter.LocalPool] = field(default_factory=list)
@@ -236,7 +232,6 @@ def _adapters(
     pulumi: list[pulumi_stack.PulumiCapacity] = []
     local: list[local_adapter.LocalPool] = []
     elector: kube_adapter.LeaseElector | None = None
-    pods: pods_adapter.PodReader | None = None
     cluster: ports.Cluster
     capacity: ports.Capacity
     if cfg.adapter_kind == "local":
@@ -254,11 +249,6 @@ def _adapters(
             context=k.context,
         )
         closers.append(client.close)
-        if cfg.surge_interval_s > 0:
-            pods = pods_adapter.PodReader(
-                client, k.namespace, {w.name: w.pods for w in cfg.workloads if w.pods}, clock=clock
-            )
-            closers.append(pods.close)
         cluster = kube_adapter.KubeCluster(
             client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
         )
@@ -277,7 +267,7 @@ def _adapters(
                 lease_duration_s=le.lease_duration_s,
                 renew_deadline_s=le.renew_deadline_s,
             )
-    return _Adapters(cluster, capacity, pods=pods, elector=elector, pulumi=pulumi, local=local)
+    return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local)
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:

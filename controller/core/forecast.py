@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -54,40 +55,51 @@ ERROR_BINS = 90
 
 @dataclass(frozen=True, slots=True)
 class Errors:
-    """One forecaster's log errors, exponentially forgotten.
+    """One forecaster's log errors, exponentially forgotten: every tick's error for its bias, and the
+    highest error of each horizon-long block for its tail.
 
     New errors enter with weight `2 ** ((t - origin) / half_life)` instead of fading every old one each
     tick (one bin changes per error); the weights are rebased when they grow large.
     """
 
     weights: tuple[float, ...] = (0.0,) * ERROR_BINS
+    """Block maxima per bin."""
     total: float = 0.0
+    """Weight of the block maxima."""
+    ticks: float = 0.0
+    """Weight of the tick errors."""
     sum: float = 0.0
-    """Weighted sum of the errors: their mean is `sum / total`."""
+    """Weighted sum of the tick errors: their mean is `sum / ticks`."""
     origin: float | None = None
 
 
-def record(e: Errors, t: float, error: float, *, half_life_s: float) -> Errors:
+def _clamp(error: float) -> float:
+    return min(ERROR_LOW + ERROR_BINS * ERROR_BIN, max(ERROR_LOW, error))
+
+
+def record(e: Errors, t: float, error: float, *, block: float | None, half_life_s: float) -> Errors:
+    """Add one tick's error, and the maximum of a block that closed with it (if one did)."""
     origin = t if e.origin is None else e.origin
-    weights, total, total_sum = e.weights, e.total, e.sum
+    weights, total, ticks, total_sum = e.weights, e.total, e.ticks, e.sum
     exponent = (t - origin) / half_life_s
     if exponent > 60.0:  # rebase before the weights overflow
         shrink = 2.0**-exponent
         weights = tuple(w * shrink for w in weights)
-        total, total_sum, origin, exponent = total * shrink, total_sum * shrink, t, 0.0
+        total, ticks, total_sum = total * shrink, ticks * shrink, total_sum * shrink
+        origin, exponent = t, 0.0
     w = 2.0**exponent
-    error = min(ERROR_LOW + ERROR_BINS * ERROR_BIN, max(ERROR_LOW, error))
-    i = min(ERROR_BINS - 1, int((error - ERROR_LOW) / ERROR_BIN))
-    return Errors(
-        (*weights[:i], weights[i] + w, *weights[i + 1 :]), total + w, total_sum + w * error, origin
-    )
+    if block is not None:
+        i = min(ERROR_BINS - 1, int((_clamp(block) - ERROR_LOW) / ERROR_BIN))
+        weights = (*weights[:i], weights[i] + w, *weights[i + 1 :])
+        total += w
+    return Errors(weights, total, ticks + w, total_sum + w * _clamp(error), origin)
 
 
 def count(e: Errors, t: float, *, half_life_s: float) -> float:
     """The effective number of errors remembered at time t."""
     if e.origin is None:
         return 0.0
-    return e.total * 2.0 ** (-(t - e.origin) / half_life_s)
+    return e.total * math.pow(2.0, -(t - e.origin) / half_life_s)
 
 
 def quantile(e: Errors, q: float) -> float:
@@ -95,16 +107,20 @@ def quantile(e: Errors, q: float) -> float:
     if e.total <= 0:
         return 0.0
     need = q * e.total
-    acc = 0.0
-    for i, w in enumerate(e.weights):
-        if w > 0 and acc + w >= need:
-            return ERROR_LOW + (i + (need - acc) / w) * ERROR_BIN
-        acc += w
-    return ERROR_LOW + ERROR_BINS * ERROR_BIN
+    # Cumulative weights in C, then the first bin that reaches `need` (asked several times a tick).
+    cumulative = list(itertools.accumulate(e.weights))
+    i = bisect.bisect_left(cumulative, need)
+    while i < ERROR_BINS and e.weights[i] <= 0:  # an empty bin holds no quantile
+        i += 1
+    if i >= ERROR_BINS:
+        return ERROR_LOW + ERROR_BINS * ERROR_BIN
+    below = cumulative[i] - e.weights[i]
+    return ERROR_LOW + (i + (need - below) / e.weights[i]) * ERROR_BIN
 
 
-def mean(e: Errors) -> float:
-    return e.sum / e.total if e.total > 0 else 0.0
+def bias(e: Errors) -> float:
+    """The mean tick error: positive where the forecaster runs low."""
+    return e.sum / e.ticks if e.ticks > 0 else 0.0
 
 
 # -- seasonal profiles ----------------------------------------------------------------------------------
@@ -211,12 +227,15 @@ class Forecast:
     """The forecaster chosen; None while no forecaster has enough errors to be judged."""
     margin: float
     """The log headroom applied (the coverage quantile of the chosen forecaster's errors)."""
+    follows: bool = True
+    """Following the latest level has been about as good as the best forecaster: this workload's jumps
+    have lasted (where they revert, the base level does better, and a jump is not chased)."""
 
 
 def _median(values: Sequence[float]) -> float:
     s = sorted(values)
     n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
@@ -259,15 +278,24 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
         if logs is not None
         else math.nan
     )
-    seasonal = tuple(
-        peak_around(p, at + horizon_s, reach) if p.complete(at) else math.nan
-        for p, (_, _, _, reach) in zip(m.profiles, PROFILES, strict=True)
+    seasonal = (
+        tuple(
+            peak_around(p, at + horizon_s, reach) if p.complete(at) else math.nan
+            for p, (_, _, _, reach) in zip(m.profiles, PROFILES, strict=True)
+        )
+        if m.profiles
+        else (math.nan,) * len(PROFILES)  # seasonality off: no profiles are learned
     )
     return (latest, level, base, trend, growth, *seasonal)
 
 
-SOURCES: tuple[Source, ...] = (Source.LAST, Source.LEVEL, Source.BASE, Source.TREND, Source.GROWTH) + tuple(
-    s for s, _, _, _ in PROFILES
+SOURCES: tuple[Source, ...] = (
+    Source.LAST,
+    Source.LEVEL,
+    Source.BASE,
+    Source.TREND,
+    Source.GROWTH,
+    *(s for s, _, _, _ in PROFILES),
 )
 
 
@@ -286,20 +314,16 @@ def _score(
     blocks = m.blocks or tuple((math.nan, math.nan) for _ in SOURCES)
     eps = settings.floor_rps
     out_e, out_b = [], []
-    for e, (start, top), p in zip(errors, blocks, predicted, strict=True):
+    for e, block, p in zip(errors, blocks, predicted, strict=True):
         if math.isnan(p):
             out_e.append(e)
-            out_b.append((start, top))
+            out_b.append(block)
             continue
         error = seen - math.log(p + eps)
-        if math.isnan(start) or at // block_s != start // block_s:
-            if not math.isnan(start):
-                e = record(e, at, top, half_life_s=settings.half_life_s)
-            start, top = at, error
-        else:
-            top = max(top, error)
-        out_e.append(e)
-        out_b.append((start, top))
+        start, top = block
+        closed = not math.isnan(start) and at // block_s != start // block_s
+        out_e.append(record(e, at, error, block=top if closed else None, half_life_s=settings.half_life_s))
+        out_b.append((at, error) if closed or math.isnan(start) else (start, max(top, error)))
     return tuple(out_e), tuple(out_b)
 
 
@@ -332,28 +356,33 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     m = replace(m, pending=(*m.pending, (at + horizon_s, predicted)))
     eps = settings.floor_rps
     best: tuple[float, Source, float, float] | None = None
+    latest_slack: float | None = None
     for source, p, e in zip(SOURCES, predicted, m.errors or (), strict=False):
         n = count(e, at, half_life_s=settings.half_life_s)
         if math.isnan(p) or n < settings.min_errors:
             continue
         # A surprise seen once is not yet a pattern: the tail covered must rest on two blocks at least,
-        # and until the errors can tell the coverage asked, the margin is at least the cold one.
+        # and until the errors can tell the coverage asked, part of the cold margin stays (less as they
+        # come).
         margin = quantile(e, min(settings.coverage, 1.0 - 2.0 / n))
-        if n < 2.0 / (1.0 - settings.coverage):
-            margin = max(margin, settings.cold_margin)
+        margin = max(margin, settings.cold_margin * (1.0 - n * (1.0 - settings.coverage) / 2.0))
         # The bound's expected distance above what comes, in log terms, is the cost of trusting it; a
         # forecaster that is right only after a large correction for its bias counts that correction
         # too (its bias is of the past, and may not hold when demand changes course).
-        bias = mean(e)
-        slack = margin - bias + abs(bias)
+        b = bias(e)
+        slack = margin - b + 0.5 * abs(b)
+        if source is Source.LAST:
+            latest_slack = slack
         if best is None or slack < best[0]:
             best = (slack, source, p, margin)
     latest = m.samples[-1][1]
     if best is None:
-        # Too few errors to judge any forecaster: the latest level, or the robust one, with a margin.
-        cold = max(predicted[0], predicted[1])
+        # Too few errors to judge any forecaster: the latest level, the robust one or the linear trend
+        # (the exponential one, carried over a whole horizon from a few samples, is too wild unjudged).
+        cold = max(p for p in predicted[:4] if not math.isnan(p))
         bound = (cold + eps) * math.exp(settings.cold_margin) - eps
         return Forecast(latest, cold, bound, None, settings.cold_margin), m
-    _, source, expected, margin = best
+    slack, source, expected, margin = best
     bound = max(0.0, (expected + eps) * math.exp(margin) - eps)
-    return Forecast(latest, expected, bound, source, margin), m
+    follows = latest_slack is None or latest_slack <= slack + ERROR_BIN
+    return Forecast(latest, expected, bound, source, margin, follows), m

@@ -90,8 +90,6 @@ class WorkloadMetrics:
     tier_rps: Mapping[str, float] = field(default_factory=dict)
     ready_replicas: Mapping[str, int] = field(default_factory=dict)
     """Ready replicas by placement (`private`, `burst`)."""
-    recent_rps: float | None = None
-    """Arrivals over the last second or so, as the replicas report them (set only on a surge tick)."""
     problems: tuple[str, ...] = ()
     """Why a value is unknown (query failed, empty, NaN, stale), for the decision's reasons."""
 
@@ -107,19 +105,6 @@ class WorkloadMetrics:
             and self.rate_rps >= 0
             and self.queue_depth >= 0
         )
-
-
-@dataclass(frozen=True, slots=True)
-class PodReading:
-    """What a workload's replicas report about themselves, read from them directly: seconds old, where
-    a Prometheus rate is a scrape interval old and averaged over a window."""
-
-    recent_rps: float | None
-    """Arrivals per second since the previous reading; None on the first."""
-    in_system: float
-    """Requests received and not yet answered, queued or in service."""
-    replicas: int
-    """Replicas that answered the reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,5 +254,3 @@ class TickReport:
     errors: tuple[str, ...]
     duration_s: float = 0.0
     usd_per_hour: float = 0.0
-    surge: tuple[str, ...] = ()
-    """Workloads whose replicas showed a surge and brought this tick forward."""

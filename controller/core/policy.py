@@ -124,17 +124,41 @@ def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, P
 
 
 def _cause(
-    limited: limits.Limited, inputs: DecisionInputs, *, kept: int, wanted: int, backlog: int
+    limited: limits.Limited, inputs: DecisionInputs, *, kept: int, wanted: int, backlog: int, short: bool
 ) -> model.Cause:
-    if limited.cause in (model.Cause.BUDGET, model.Cause.MAX_NODES):
+    if limited.cause is model.Cause.BUDGET:
         return limited.cause
     if inputs.unavailable:
         return model.Cause.CAPACITY_REFUSED
+    if short or limited.cause is model.Cause.MAX_NODES:
+        return model.Cause.MAX_NODES
     if kept > wanted:
         return model.Cause.STABILIZATION
-    if limited.cause is not None:
-        return limited.cause
-    return model.Cause.BACKLOG if backlog else model.Cause.DEMAND
+    return limited.cause or (model.Cause.BACKLOG if backlog else model.Cause.DEMAND)
+
+
+def _needs(
+    inputs: DecisionInputs, state: PolicyState, policy: BurstPolicy, *, boot_s: float
+) -> tuple[list[sizing.Need], dict[str, forecast.Model]]:
+    models = dict(state.models)
+    needs = []
+    for w in inputs.workloads:
+        m = inputs.metrics[w.name]
+        need, models[w.name] = sizing.need(
+            w, m, models.get(w.name, forecast.Model()), at=inputs.at,
+            share=burstable_share(m, policy.burst_tiers),
+            horizon_s=boot_s + policy.horizon_extra_s + m.window_s / 2,
+            settings=settings(policy, w), seasonality=policy.seasonality,
+            utilization=policy.target_utilization, drain_s=policy.backlog_drain_s,
+        )  # fmt: skip
+        needs.append(need)
+    return needs, models
+
+
+def _action(before: int, after: int) -> model.Action:
+    if after > before:
+        return model.Action.SCALE_UP
+    return model.Action.SCALE_DOWN if after < before else model.Action.STEADY
 
 
 def decide(
@@ -144,54 +168,41 @@ def decide(
         return _hold(inputs, state)
     available = [p for p in inputs.pools if p.name not in inputs.unavailable] or list(inputs.pools)
     boot = min((p.boot_s for p in available), default=0.0)
-    models = dict(state.models)
-    needs = []
-    for w in inputs.workloads:
-        m = inputs.metrics[w.name]
-        share = burstable_share(m, policy.burst_tiers)
-        need, models[w.name] = sizing.need(
-            w, m, models.get(w.name, forecast.Model()), at=inputs.at, share=share,
-            horizon_s=boot + policy.horizon_extra_s + m.window_s / 2,
-            settings=settings(policy, w), seasonality=policy.seasonality,
-            utilization=policy.target_utilization, drain_s=policy.backlog_drain_s,
-        )  # fmt: skip
-        needs.append(need)
+    needs, models = _needs(inputs, state, policy, boot_s=boot)
     wanted = sum(n.burst_gpus for n in needs)
     backlog = sum(n.backlog_gpus for n in needs)
     clock = release.advance(state.clock, inputs.at)
     have = sum(inputs.active.get(p.name, 0) * p.gpus_per_node for p in inputs.pools)
-    held, history = release.hold(
-        state.recommendations, clock, wanted=wanted, keep_s=policy.keep_factor * boot + policy.horizon_extra_s
-    )
+    keep_s = policy.keep_factor * boot + policy.horizon_extra_s
+    held, history = release.hold(state.recommendations, clock, wanted=wanted, keep_s=keep_s)
     kept = max(wanted, min(have, held))
     reasons = [n.reason for n in needs]
     if kept > wanted:
         reasons.append(f"scale-down stabilization: keeping {kept} burst GPUs until idle for a boot")
-    reasons.extend(f"{name}: unavailable (capacity refused), falling back" for name in sorted(inputs.unavailable))
+    reasons.extend(f"{p}: unavailable (capacity refused), falling back" for p in sorted(inputs.unavailable))
     room = {p.name: p.max_nodes - inputs.leaving.get(p.name, 0) for p in inputs.pools}
-    wanted_nodes = capacity.spread(
+    spread = capacity.spread(
         kept + backlog, inputs.pools, active=inputs.active, ready=inputs.ready,
         available={p.name: p.name not in inputs.unavailable for p in inputs.pools}, room=room,
     )  # fmt: skip
+    short = sum(spread[p.name] * p.gpus_per_node for p in inputs.pools) < kept + backlog
+    if short:
+        reasons.append(f"max_nodes: the pools hold fewer than the {kept + backlog} burst GPUs wanted")
     limited = limits.enforce(
-        wanted_nodes, inputs.pools, leaving=inputs.leaving, budget_usd_per_hour=policy.budget_usd_per_hour
+        spread, inputs.pools, leaving=inputs.leaving, budget_usd_per_hour=policy.budget_usd_per_hour
     )
     reasons.extend(limited.reasons)
-    before, after = sum(inputs.active.values()), sum(limited.target.values())
+    by_name = dict(zip((w.name for w in inputs.workloads), needs, strict=True))
     decision = model.Decision(
         at=inputs.at,
-        action=model.Action.SCALE_UP
-        if after > before
-        else model.Action.SCALE_DOWN
-        if after < before
-        else model.Action.STEADY,
+        action=_action(sum(inputs.active.values()), sum(limited.target.values())),
         target_nodes=limited.target,
-        target_gpus={w.name: n.gpus for w, n in zip(inputs.workloads, needs, strict=True)},
+        target_gpus={name: n.gpus for name, n in by_name.items()},
         demand_rps={w.name: inputs.metrics[w.name].rate_rps or 0.0 for w in inputs.workloads},
-        forecast_rps={w.name: n.forecast.bound_rps for w, n in zip(inputs.workloads, needs, strict=True)},
+        forecast_rps={name: n.forecast.bound_rps for name, n in by_name.items()},
         reasons=tuple(reasons),
         budget_binding=limited.budget_binding,
-        cause=_cause(limited, inputs, kept=kept, wanted=wanted, backlog=backlog),
+        cause=_cause(limited, inputs, kept=kept, wanted=wanted, backlog=backlog, short=short),
         figures={"wanted_burst_gpus": wanted, "kept_burst_gpus": kept, "backlog_gpus": backlog},
     )
     return decision, PolicyState(models=models, recommendations=history, clock=clock)

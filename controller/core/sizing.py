@@ -15,10 +15,6 @@ from dataclasses import dataclass, replace
 from controller.core import capacity, forecast, model
 
 
-_FOLLOWING = frozenset({None, forecast.Source.LAST, forecast.Source.TREND, forecast.Source.GROWTH})
-"""Forecasters that follow the present: with them, a jump the queue shows is a level to plan for."""
-
-
 @dataclass(frozen=True, slots=True)
 class Need:
     gpus: int
@@ -66,11 +62,13 @@ def need(
     # and says that the rate, averaged over its window, lags what arrives now.
     # Chased only where this workload's steps have lasted: where its levels revert, a spike is over
     # before capacity bought for it could serve.
-    follows = fc.source in _FOLLOWING
-    flooded = follows and queue > 0 and queue > serving * w.gpu_rps * share * w.slo_s
+    flooded = fc.follows and queue > 0 and queue > serving * w.gpu_rps * share * w.slo_s
     arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
-    if arrivals > fc.expected_rps:
+    if flooded and arrivals > fc.expected_rps:
         fc = replace(fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, arrivals * math.exp(fc.margin)))
+    elif demand > fc.bound_rps:
+        # Never planned below what arrives now.
+        fc = replace(fc, bound_rps=demand)
     gpus = capacity.gpus_for(fc.bound_rps, w, utilization=utilization)
     drain = capacity.gpus_for(arrivals + queue / drain_s, w, utilization=utilization) if flooded else 0
     burst = max(0, gpus - w.private_gpus)

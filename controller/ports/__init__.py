@@ -1,4 +1,4 @@
-"""The boundaries of the control plane, one Protocol each: Clock, MetricSource, PodSource, Cluster, Capacity,
+"""The boundaries of the control plane, one Protocol each: Clock, MetricSource, Cluster, Capacity,
 Store.
 
 The reconciler talks only to these. Real adapters live in `controller.adapters`, fakes for tests and
@@ -27,13 +27,6 @@ class MetricSource(Protocol):
         self, workloads: Sequence[model.WorkloadSpec], *, at: float
     ) -> Mapping[str, model.WorkloadMetrics]:
         """Metrics of every workload evaluated at `at`. Unknown values are None with a problem, not 0."""
-        ...
-
-
-class PodSource(Protocol):
-    def read(self, workloads: Sequence[model.WorkloadSpec]) -> Mapping[str, model.PodReading]:
-        """Each workload's replicas as they report themselves now; a workload none answered for is
-        left out. Raises when the replicas cannot be listed."""
         ...
 
 

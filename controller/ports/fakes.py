@@ -341,21 +341,6 @@ class FakeMetricSource:
         return {w.name: values.get(w.name, unknown) for w in workloads}
 
 
-@dataclass
-class FakePodSource:
-    """Replica readings set by the test (or computed by a callable, for the simulator)."""
-
-    values: dict[str, model.PodReading] = field(default_factory=dict)
-    provider: Callable[[], Mapping[str, model.PodReading]] | None = None
-    fail: bool = False
-
-    def read(self, workloads: Sequence[model.WorkloadSpec]) -> Mapping[str, model.PodReading]:
-        if self.fail:
-            raise ConnectionError("pods unreachable")
-        values = self.provider() if self.provider is not None else self.values
-        return {w.name: values[w.name] for w in workloads if w.name in values}
-
-
 class MemoryStore:
     """The Store port in memory, with the same optimistic versioning as the SQLite store."""
 

@@ -1,7 +1,6 @@
 """The live controller's schedule (APScheduler 3, one background thread): each job calls one method.
 
-Jobs: `leader` (take or renew the Lease), `reconcile` (one tick), `surge` (read the replicas, tick at
-once when they show a surge), `refresh` (pulumi refresh of every
+Jobs: `leader` (take or renew the Lease), `reconcile` (one tick), `refresh` (pulumi refresh of every
 pool stack, to notice instances deleted behind its back), `orphan_audit` and `retention` (prune old
 decisions and audit rows). Every job runs with `max_instances=1` and `coalesce=True`: a slow tick is
 never overlapped by the next, and missed runs collapse into one.
@@ -50,8 +49,6 @@ class Intervals:
     orphan_audit_s: float = 0.0
     """0: no audit job."""
     retention_s: float = 3600.0
-    surge_s: float = 0.0
-    """0: no surge check (no pod reader)."""
 
 
 class Jobs:
@@ -84,7 +81,7 @@ class Jobs:
         self.ticks = 0
         self._was_leader: bool | None = None
         self._ticking = threading.Lock()
-        """Held by a tick: the reconcile and surge jobs run on different threads."""
+        """Held by a tick: a tick never runs beside another."""
 
     # -- leadership ---------------------------------------------------------------------------------
     def leading(self) -> bool:
@@ -132,32 +129,6 @@ class Jobs:
         )
         return report
 
-    def surge(self) -> model.TickReport | None:
-        """Read the replicas; a surge brings the tick forward (under the tick's lock, never beside it)."""
-        if not self.leading():
-            return None
-        if not self._ticking.acquire(blocking=False):
-            return None  # a tick is running: it reads fresher metrics than this check would add
-        try:
-            report = self.rec.surge_check()
-        except Exception:
-            log.exception("surge tick failed")
-            return None
-        finally:
-            self._ticking.release()
-        if report is not None:
-            self.ticks += 1
-            log.info(
-                "surge tick",
-                extra={
-                    "at": report.at,
-                    "surge": list(report.surge),
-                    "action": report.decision.action.value,
-                    "target_nodes": dict(report.decision.target_nodes),
-                },
-            )
-        return report
-
     def refresh(self) -> object:
         if self._refresh is None or not self.leading():
             return None
@@ -197,8 +168,6 @@ class Jobs:
         if self.elector is not None:
             self._add(self.leader, "leader", iv.leader_s, **common)
         self._add(self.reconcile, "reconcile", iv.tick_s, **common)
-        if iv.surge_s > 0:
-            self._add(self.surge, "surge", iv.surge_s, **common)
         if self._refresh is not None and iv.refresh_s > 0:
             self._add(self.refresh, "refresh", iv.refresh_s, **common)
         if self._audit is not None and iv.orphan_audit_s > 0:

@@ -48,7 +48,6 @@ class Reconciler:
         store: ports.Store,
         observers: Sequence[Callable[[model.TickReport], None]] = (),
         dry_run: bool = False,
-        pods: ports.PodSource | None = None,
     ) -> None:
         self.setup = setup
         self.clock = clock
@@ -58,7 +57,6 @@ class Reconciler:
         self.store = store
         self.observers = list(observers)
         self.dry_run = dry_run
-        self.pods = pods
         self._replicas_set: dict[tuple[str, str], tuple[int, float]] = {}
         """(workload, pool) -> (replicas last set, when): skips a write per pool per tick."""
         self.last_report: model.TickReport | None = None
@@ -91,49 +89,11 @@ class Reconciler:
         return model.Observation(at, metrics, cluster, pools, tuple(errors))
 
     # -- the tick -----------------------------------------------------------------------------------
-    def surge_check(self) -> model.TickReport | None:
-        """Between ticks: read the replicas themselves and tick at once if they show a surge.
-
-        A step shows in Prometheus only at the next scrape and in its rate over a whole window; the
-        replicas see it within a second, and every second of a boot started late is lost to the SLO.
-        """
-        if self.pods is None or self.last_report is None:
-            return None  # the first tick plans; a surge is judged against a plan
-        try:
-            readings = self.pods.read(self.setup.workloads)
-        except Exception as exc:  # a failed reading is no surge: the regular tick still comes
-            log.warning("replica reading failed", extra={"error": str(exc)})
-            return None
-        planned = self.last_report.decision.target_gpus
-        surge = {
-            w.name: readings[w.name]
-            for w in self.setup.workloads
-            if w.name in readings
-            and policy.surging(w, readings[w.name], planned_gpus=planned.get(w.name, w.private_gpus))
-        }
-        if not surge:
-            return None
-        shown = {
-            name: {"recent_rps": r.recent_rps, "in_system": r.in_system, "replicas": r.replicas}
-            for name, r in surge.items()
-        }
-        log.info("surge", extra={"surge": shown})
-        return self.tick(surge=surge)
-
-    def tick(self, *, surge: Mapping[str, model.PodReading] | None = None) -> model.TickReport:
-        """One tick; `surge` carries the replicas' own readings into the metrics when they brought it."""
+    def tick(self) -> model.TickReport:
+        """One tick."""
         watch = clock_mod.Stopwatch()
         now = self.clock.now()
         obs = self.observe(now)
-        if surge:
-            metrics = dict(obs.metrics)
-            for name, r in surge.items():
-                if name in metrics:
-                    # Fresher than the scrape: the replicas' count now, and the queue they hold now.
-                    metrics[name] = dataclasses.replace(
-                        metrics[name], recent_rps=r.recent_rps, queue_depth=r.in_system
-                    )
-            obs = dataclasses.replace(obs, metrics=metrics)
         snap = self.store.load()
         setup = overridden(self.setup, snap.overrides)
         records, transitions = lifecycle.sync(snap.records, obs, timeouts=setup.timeouts)
@@ -196,7 +156,6 @@ class Reconciler:
             errors=tuple(errors),
             duration_s=watch.elapsed(),
             usd_per_hour=limits.usd_per_hour(lifecycle.of(planned, model.BILLING), setup.pools),
-            surge=tuple(sorted(surge or ())),
         )
         self.last_report = report
         for observer in self.observers:
@@ -277,7 +236,6 @@ def _inputs_summary(inputs: policy.DecisionInputs) -> dict[str, object]:
             name: {
                 "rate_rps": m.rate_rps,
                 "queue_depth": m.queue_depth,
-                "recent_rps": m.recent_rps,
                 "latency_p99_s": m.latency_p99_s,
                 "tier_rps": dict(m.tier_rps),
             }

@@ -35,8 +35,6 @@ NODES = "gpuburst_nodes"
 """Gauge {pool, status}: node records per lifecycle status (released excluded)."""
 DECISIONS = "gpuburst_decisions_total"
 """Counter {action, reason}: one per tick; `reason` is the one that shaped it (see REASONS)."""
-SURGE_TICKS = "gpuburst_surge_ticks_total"
-"""Counter {workload}: ticks brought forward because the replicas showed a surge."""
 TRANSITIONS = "gpuburst_node_transitions_total"
 """Counter {pool, status}: transitions into `status`."""
 APPLY_DURATION = "gpuburst_apply_duration_seconds"
@@ -72,39 +70,16 @@ ORPHANS = "gpuburst_orphan_nodes"
 CONTENT_TYPE = str(prometheus_client.CONTENT_TYPE_LATEST)
 """The exposition format's media type, for the API's /metrics."""
 
-REASONS = (
-    "operator_hold",
-    "unsynced",
-    "budget",
-    "max_nodes",
-    "capacity_refused",
-    "stabilization",
-    "min_nodes",
-    "demand",
-)
-"""Decision reasons, most binding first; a decision counts under the first that applies."""
+REASONS = tuple(c.value for c in model.Cause)
+"""Decision causes (`model.Cause`), most binding first: the `reason` label of the decisions counter."""
 
 _TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _APPLY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 
 
 def reason(decision: model.Decision) -> str:
-    """The bounded reason label of a decision (its free-text reasons stay in the store)."""
-    text = decision.reasons
-    if decision.action is model.Action.HOLD:
-        return "operator_hold" if any("operator hold" in r for r in text) else "unsynced"
-    if decision.budget_binding:
-        return "budget"
-    checks = (
-        ("max_nodes", "(max_nodes"),
-        ("capacity_refused", "unavailable (capacity refused)"),
-        ("stabilization", "scale-down stabilization"),
-        ("min_nodes", "held at min_nodes"),
-    )
-    for label, needle in checks:
-        if any(needle in r for r in text):
-            return label
-    return "demand"
+    """The bounded reason label of a decision: its typed cause (the free-text reasons stay in the store)."""
+    return decision.cause.value
 
 
 def error_part(error: str) -> str:
@@ -144,9 +119,6 @@ class Telemetry:
         )
         self.decisions = prometheus_client.Counter(
             DECISIONS, "Decisions by action and reason", ["action", "reason"], registry=r
-        )
-        self.surge_ticks = prometheus_client.Counter(
-            SURGE_TICKS, "Ticks brought forward by a surge the replicas showed", ["workload"], registry=r
         )
         self.transitions = prometheus_client.Counter(
             TRANSITIONS, "Node status transitions", ["pool", "status"], registry=r
@@ -209,8 +181,6 @@ class Telemetry:
         for pool, n in d.target_nodes.items():
             self.target_nodes.labels(pool).set(n)
         self.decisions.labels(d.action.value, reason(d)).inc()
-        for w in report.surge:
-            self.surge_ticks.labels(w).inc()
         self.budget_binding.set(1 if d.budget_binding else 0)
         for pool in set(self.pools) | set(report.nodes):
             counts = report.nodes.get(pool, {})

@@ -13,8 +13,6 @@ from controller.sim import world as world_mod
 
 TICK_S = 15
 """The controller ticks once per scrape: a tick between scrapes would see nothing new."""
-SURGE_CHECK_S = 1
-"""Between ticks the replicas are read this often (the live controller's `surge_interval_s`)."""
 
 
 class Gpuburst:
@@ -38,12 +36,9 @@ class Gpuburst:
             cluster=fakes.FakeCluster(w.infra),
             capacity=fakes.FakeCapacity(w.infra),
             store=fakes.MemoryStore(keep_intents=0),
-            pods=fakes.FakePodSource(provider=self._pods),
         )
         self.next_wake = 0.0
         self.next_tick = 0.0
-        self.surges = 0
-        self.serving = sc.private_gpus
 
     def _metrics(self, at: float) -> Mapping[str, model.WorkloadMetrics]:
         view = self.w.view
@@ -61,27 +56,10 @@ class Gpuburst:
             )
         }
 
-    def _pods(self) -> Mapping[str, model.PodReading]:
-        """What the replicas report, read every `SURGE_CHECK_S` as live: the arrivals they counted since
-        the last `SURGE_WINDOW_S`, and the requests they hold now (queued, and in service)."""
-        t = int(self.w.clock.now())
-        w = policy.SURGE_WINDOW_S
-        recent = self.w.view.count(t - w, t) / w if t >= w else None
-        gpus = self.serving
-        q = self.w.queue
-        in_service = min(recent or 0.0, gpus * self.w.scenario.workload.gpu_rps) * q.service_s
-        return {
-            self.workload: model.PodReading(
-                recent_rps=recent, in_system=q.backlog + in_service, replicas=gpus
-            )
-        }
-
     def wake(self, t: int) -> None:
         if t >= self.next_tick:
             self.next_tick = self.next_wake = t + self.tick_s
             self.reconciler.tick()
 
     def serving_gpus(self) -> int:
-        # The engine asks after every wake and every cloud event; the replicas' reading reuses it.
-        self.serving = self.w.scenario.private_gpus + self.w.infra.serving_gpus()
-        return self.serving
+        return self.w.scenario.private_gpus + self.w.infra.serving_gpus()

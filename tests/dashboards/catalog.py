@@ -75,7 +75,6 @@ def _telemetry() -> telemetry.Telemetry:
             acted=(),
             errors=("drain n0: refused",),
             duration_s=0.01,
-            surge=(WORKLOAD,),
         )
     )
     released = dataclasses.replace(decision, at=20.0, action=model.Action.SCALE_DOWN, reasons=("demand",))

@@ -8,6 +8,7 @@ Boot delays are on a FakeClock; real waits are only for processes to answer or e
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -323,6 +324,19 @@ def test_close_stops_and_reaps_every_worker(make_pool: Callable[..., local.Local
 # -- the reconcile loop -----------------------------------------------------------------------------
 LOCAL = model.PoolSpec("local", gpus_per_node=1, price_per_hour=0.0, boot_s=30.0, max_nodes=4)
 FACE = model.WorkloadSpec("face", gpu_rps=25, service_time_s=0.06, slo_s=0.5, private_gpus=1)
+PLAIN = policy.BurstPolicy(
+    target_utilization=0.8,
+    trend_window_s=0.0,
+    level_window_s=0.0,
+    base_window_s=0.0,
+    min_errors=math.inf,
+    cold_margin=0.0,
+    seasonality=False,
+)
+"""Sizing on the latest sample alone (windows of 0 keep only it): no forecaster is ever trusted, and the
+cold margin is 0."""
+KEEP_S = PLAIN.keep_factor * LOCAL.boot_s + PLAIN.horizon_extra_s
+"""Idle burst capacity is kept this long (seen time): a boot, and the next tick (45 s)."""
 
 
 def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
@@ -333,13 +347,7 @@ def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
     store = fakes.MemoryStore()
     rec = reconciler.Reconciler(
         # Plain sizing (no forecast, no headroom): 60 / (25 x 0.8) = 3 GPUs.
-        reconciler.Setup(
-            (FACE,),
-            (LOCAL,),
-            policy.BurstPolicy(
-                target_utilization=0.8, forecast_quantile=0.0, headroom_sigmas=0.0, fall_stabilization_s=300.0
-            ),
-        ),
+        reconciler.Setup((FACE,), (LOCAL,), PLAIN),
         clock=clock,
         metrics=metrics,
         cluster=pool,
@@ -377,10 +385,11 @@ def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
     assert pool.replicas[("face", "local")] == 2
 
     metrics.set("face", 10.0)  # private is enough
-    for _ in range(18):  # inside the scale-down stabilization window nothing leaves
+    for _ in range(int(KEEP_S // 15.0) - 1):  # inside the keep window nothing leaves
         clock.advance(15.0)
-        rec.tick()
+        report = rec.tick()
     assert statuses() == {"ready"}
+    assert report.decision.cause is model.Cause.STABILIZATION, report.decision.reasons
     tick_until({"released"}, step=15.0)
     assert all(gone(p.pid) for p in workers.values())
     assert pool.processes() == {} and targets(pool) == []

@@ -2,69 +2,143 @@
 
 from __future__ import annotations
 
-import random
+import math
 
 import pytest
 
 from controller.core import forecast
 
-
-def test_trend_recovers_a_noisy_line() -> None:
-    rng = random.Random(1)
-    samples = [(t * 15.0, 100 + 0.5 * t * 15 + rng.gauss(0, 5)) for t in range(40)]
-    fit = forecast.trend(samples)
-    assert fit is not None
-    assert fit.slope == pytest.approx(0.5, abs=0.02)
-    assert fit.level == pytest.approx(100 + 0.5 * 39 * 15, abs=5)
-    assert fit.sigma == pytest.approx(5, rel=0.4)
-    assert 0 < fit.slope_sigma < 0.02
-
-
-def test_trend_needs_three_samples_and_time() -> None:
-    assert forecast.trend([(0, 1), (15, 2)]) is None
-    assert forecast.trend([(5, 1), (5, 2), (5, 3)]) is None
+SETTINGS = forecast.Settings(
+    trend_window_s=300.0,
+    level_window_s=120.0,
+    base_window_s=900.0,
+    half_life_s=1e12,  # nothing fades within a test unless asked
+    coverage=0.96,
+    min_errors=5.0,
+    cold_margin=0.25,
+    floor_rps=25.0,
+)
 
 
-def test_a_seasonal_profile_forecasts_only_after_a_whole_period() -> None:
-    period, bin_s = 3600.0, 600.0
-    s = forecast.Seasonal.empty(period, bin_s)
-
-    def shape(t: float) -> float:
-        return 100.0 if (t % period) < 1800 else 300.0
-
-    t = 0.0
-    while t < period:
-        s = forecast.observe(s, t, shape(t))
-        t += 15
-    assert not s.complete(t - 15)
-    while t < 2 * period + 600:
-        s = forecast.observe(s, t, shape(t))
-        t += 15
-    assert s.complete(t)
-    assert s.values[s.index(0)] == pytest.approx(100) and s.values[s.index(2000)] == pytest.approx(300)
-    assert s.error < 0.05, "a profile that repeats exactly predicts itself"
-    assert forecast.profile_peak(s, 1500, 1900) == pytest.approx(300)
-
-
-def test_a_profile_that_does_not_repeat_scores_badly() -> None:
-    s = forecast.Seasonal.empty(3600.0, 600.0)
-    rng = random.Random(2)
-    level = 100.0
-    for i in range(int(4 * 3600 / 15)):
-        if i % 40 == 0:  # a new level every 10 minutes, unrelated to the time of the period
-            level = rng.uniform(50, 500)
-        s = forecast.observe(s, i * 15.0, level)
-    assert s.complete(4 * 3600.0) and s.error > 0.15
+def test_errors_record_quantile_and_count() -> None:
+    e = forecast.Errors()
+    assert forecast.count(e, 0.0, half_life_s=3600) == 0.0
+    assert forecast.quantile(e, 0.9) == 0.0
+    for _i in range(90):
+        e = forecast.record(e, 0.0, 0.01, block=0.01, half_life_s=3600)
+    for _i in range(10):
+        e = forecast.record(e, 0.0, 0.62, block=0.62, half_life_s=3600)
+    assert forecast.count(e, 0.0, half_life_s=3600) == pytest.approx(100)
+    # Interpolated within its bin: 45 of the 90 errors in [0, 0.05) ...
+    assert forecast.quantile(e, 0.45) == pytest.approx(0.025)
+    # ... and the 95th percentile halfway into the [0.6, 0.65) bin that holds the last 10.
+    assert forecast.quantile(e, 0.95) == pytest.approx(0.625)
+    assert forecast.bias(e) == pytest.approx((90 * 0.01 + 10 * 0.62) / 100)
+    # A tick error without a closed block counts in the bias only.
+    e = forecast.record(e, 0.0, -1.0, block=None, half_life_s=3600)
+    assert forecast.count(e, 0.0, half_life_s=3600) == pytest.approx(100)
+    assert forecast.bias(e) == pytest.approx((90 * 0.01 + 10 * 0.62 - 1.0) / 101)
 
 
-def test_error_quantile_follows_the_recorded_errors_and_forgets() -> None:
-    h = forecast.ErrorHistogram.empty()
-    for e in [0.01] * 90 + [0.30] * 10:
-        h = forecast.record_error(h, e, decay=1.0)
-    # Interpolated within the bin, not its upper edge: 80 of the 90 errors in (0, 2 %] ...
-    assert forecast.error_quantile(h, 0.8) == pytest.approx(0.02 * 80 / 90)
-    # ... and the 95th percentile halfway into the (30 %, 32 %] bin that holds the last 10.
-    assert forecast.error_quantile(h, 0.95) == pytest.approx(0.31)
-    for _ in range(200):  # a calm spell: old surprises fade
-        h = forecast.record_error(h, -0.01, decay=0.97)
-    assert forecast.error_quantile(h, 0.95) == 0.0
+def test_errors_clip_to_the_edge_bins() -> None:
+    e = forecast.record(forecast.Errors(), 0.0, 99.0, block=99.0, half_life_s=3600)
+    assert forecast.quantile(e, 1.0) == pytest.approx(
+        forecast.ERROR_LOW + forecast.ERROR_BINS * forecast.ERROR_BIN
+    )
+    e = forecast.record(forecast.Errors(), 0.0, -99.0, block=-99.0, half_life_s=3600)
+    assert forecast.quantile(e, 0.0 + 1e-9) == pytest.approx(forecast.ERROR_LOW, abs=1e-6)
+
+
+def test_errors_forget_with_the_half_life() -> None:
+    hl = 3600.0
+    e = forecast.Errors()
+    for _ in range(10):
+        e = forecast.record(e, 0.0, 0.5, block=0.5, half_life_s=hl)
+    assert forecast.count(e, hl, half_life_s=hl) == pytest.approx(5)
+    assert forecast.count(e, 3 * hl, half_life_s=hl) == pytest.approx(1.25)
+    # Ten calm errors three half-lives later outweigh the old surprises eight to one.
+    for _ in range(10):
+        e = forecast.record(e, 3 * hl, 0.0, block=0.0, half_life_s=hl)
+    assert forecast.quantile(e, 0.85) < 0.05
+    assert forecast.quantile(e, 0.99) > 0.45
+    # Weights are rebased long after the origin instead of overflowing; the count still decays right.
+    late = 100 * hl
+    e = forecast.record(e, late, 0.0, block=0.0, half_life_s=hl)
+    assert e.origin == late and all(math.isfinite(w) for w in e.weights)
+    assert forecast.count(e, late, half_life_s=hl) == pytest.approx(1.0, abs=1e-6)
+
+
+def _feed(
+    demand: list[float], *, step_s: float = 15.0, horizon_s: float = 60.0
+) -> tuple[forecast.Model, forecast.Forecast]:
+    m = forecast.Model()
+    fc = None
+    for i, v in enumerate(demand):
+        t = i * step_s
+        m = forecast.remember(m, t, v, block_s=horizon_s, settings=SETTINGS, seasonal=False)
+        fc, m = forecast.forecast(m, t, horizon_s=horizon_s, settings=SETTINGS)
+    assert fc is not None
+    return m, fc
+
+
+def test_a_single_step_counts_once_in_the_errors() -> None:
+    # 100 req/s, then 200 from t = 600 on: four forecasts (made 60 s ahead, a tick apart) miss it, all due
+    # within one horizon-long block. Judged per block, the step is one surprise, not four.
+    demand = [100.0] * 40 + [200.0] * 40
+    m, _ = _feed(demand)
+    last = m.errors[forecast.SOURCES.index(forecast.Source.LAST)]
+    step = math.log(225 / 125)
+    high = int((step - forecast.ERROR_LOW) / forecast.ERROR_BIN)
+    assert last.weights[high] == pytest.approx(1.0)
+    assert sum(last.weights[high - 1 :]) == pytest.approx(1.0)
+    assert last.total == pytest.approx(sum(last.weights))
+
+
+def test_cold_start_plans_the_higher_of_last_and_level_with_the_cold_margin() -> None:
+    _, fc = _feed([300.0, 300.0, 300.0, 200.0])
+    assert fc.source is None
+    assert fc.expected_rps == pytest.approx(300.0)  # the level (median) beats the latest sample
+    assert fc.margin == SETTINGS.cold_margin
+    assert fc.bound_rps == pytest.approx(325 * math.exp(0.25) - 25)
+
+
+def test_growth_extrapolates_an_exponential_that_a_line_undershoots() -> None:
+    # 50 e^(t/600): over 5 minutes a line lags the curve; the log-line follows it.
+    samples = tuple((t, 50 * math.exp(t / 600)) for t in range(0, 1200, 15))
+    m = forecast.Model(samples=samples)
+    at, horizon = samples[-1][0], 285.0
+    p = dict(
+        zip(forecast.SOURCES, forecast.predictions(m, at, horizon_s=horizon, settings=SETTINGS), strict=True)
+    )
+    truth = 50 * math.exp((at + horizon) / 600)
+    assert p[forecast.Source.GROWTH] == pytest.approx(truth, rel=0.05)
+    assert p[forecast.Source.TREND] < 0.9 * truth
+    assert p[forecast.Source.LAST] < 0.7 * truth
+
+
+def test_a_spike_seen_once_is_not_forecast_but_one_that_recurs_is() -> None:
+    period, bin_s, reach = 3600.0, 60.0, 300.0
+    p = forecast.Profile.empty(period, bin_s)
+
+    def run(p: forecast.Profile, start: float, spike_at: float | None) -> forecast.Profile:
+        for t in range(int(start), int(start + period), 15):
+            spike = spike_at is not None and spike_at <= t < spike_at + 120
+            p = forecast.observe(p, t, 900.0 if spike else 100.0)
+        return p
+
+    p = run(p, 0.0, None)  # first hour: calm
+    p = run(p, period, period + 1800.0)  # second hour: a spike at :30
+    assert p.complete(2 * period + bin_s)
+    assert forecast.peak_around(p, 2 * period + 1800, reach) == pytest.approx(100.0), "seen once"
+    p = run(p, 2 * period, 2 * period + 1860.0)  # third hour: the spike again, a minute late
+    # Both of the last two periods reached it within reach: forecast (from a few minutes before).
+    assert forecast.peak_around(p, 3 * period + 1680, reach) == pytest.approx(900.0)
+    assert forecast.peak_around(p, 3 * period + 600, reach) == pytest.approx(100.0)
+
+
+def test_a_profile_forecasts_only_after_two_whole_periods() -> None:
+    p = forecast.Profile.empty(3600.0, 60.0)
+    assert not p.complete(0.0)
+    p = forecast.observe(p, 0.0, 1.0)
+    assert not p.complete(2 * 3600.0)
+    assert p.complete(2 * 3600.0 + 60.0)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from collections.abc import Callable
 
-from controller.core import forecast, model, policy
+from controller.core import model, policy
 
 SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=40, spot=True)
 ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=40)
@@ -68,56 +69,149 @@ def gpus(d: model.Decision) -> int:
     return FACE.private_gpus + sum(d.target_nodes.values())
 
 
-def test_capacity_is_there_when_a_ramp_arrives() -> None:
+def _minute_steps(level: float, spread: float, seed: int) -> Callable[[float], float]:
+    """Per-minute arrivals that jump by noise each minute, as a 60 s rate sees them: every jump becomes
+    a short, clean ramp."""
+    rng = random.Random(seed)
+    minutes = [level + rng.gauss(0, spread) for _ in range(24 * 60)]
+
+    def rate(t: float) -> float:
+        m, into = divmod(t, 60.0)
+        now, before = minutes[int(m)], minutes[max(0, int(m) - 1)]
+        return before + (now - before) * into / 60.0
+
+    return rate
+
+
+BIG_SPOT = dataclasses.replace(SPOT, max_nodes=1000)
+BIG_ONDEMAND = dataclasses.replace(ONDEMAND, max_nodes=1000)
+
+
+def drive_big(demand: Callable[[float], float], *, until: float) -> list[model.Decision]:
+    """Like drive, on pools large enough that no limit binds."""
+    state = policy.PolicyState()
+    active = {"spot": 0, "ondemand": 0}
+    out = []
+    for t in range(0, int(until), 15):
+        i = dataclasses.replace(inputs(t, metrics(demand(t)), active=active), pools=(BIG_SPOT, BIG_ONDEMAND))
+        d, state = policy.decide(i, state, DEFAULT)
+        active = dict(d.target_nodes)
+        out.append(d)
+    return out
+
+
+def launches(decisions: list[model.Decision]) -> int:
+    return sum(1 for a, b in itertools.pairwise(decisions) if gpus(b) > gpus(a))
+
+
+def test_steady_demand_gets_a_small_margin_once_errors_are_learned() -> None:
+    decisions, _state = drive(lambda t: 500.0, until=8 * 3600)
+    first, hour = decisions[int(600 / 15)], decisions[int(3600 / 15)]
+    assert "(x1.28)" in first.reasons[0], "no forecaster judged yet: the cold margin"
+    # An hour in, errors have come but too few to tell the coverage asked: part of the cold margin.
+    assert 500 < hour.forecast_rps["face"] < first.forecast_rps["face"], hour.reasons
+    # 500 / 25 = 20 GPUs at 100 %: at the planned 97 % a noise-free demand needs no more than 21.
+    assert gpus(decisions[-1]) == math.ceil(500 / (25 * DEFAULT.target_utilization)), decisions[-1].reasons
+    assert decisions[-1].forecast_rps["face"] <= 500 * math.exp(0.05)
+
+
+def test_a_linear_ramp_is_covered_at_the_boot_horizon_after_warm_up() -> None:
     ramp = lambda t: 50 + 0.5 * t  # noqa: E731 - 0.5 req/s per second, no noise
-    decisions, _ = drive(ramp, until=3600)
+    decisions = drive_big(ramp, until=3 * 3600)
     for d in decisions[40:]:
         # What is launched now serves after boot: it must cover the demand of then.
         assert gpus(d) * FACE.gpu_rps >= ramp(d.at + SPOT.boot_s), d.reasons
 
 
-def test_steady_demand_gets_no_more_than_a_sliver_of_headroom() -> None:
-    decisions, _ = drive(lambda t: 500.0, until=3600)
-    # 500 / 25 = 20 GPUs at 100 %: the policy plans 97 %, noise-free demand needs no more.
-    assert gpus(decisions[-1]) == math.ceil(500 / (25 * DEFAULT.target_utilization))
+def test_an_exponential_ramp_is_covered_at_the_boot_horizon() -> None:
+    flash = lambda t: 20 * math.exp(t / 900)  # noqa: E731 - doubling every ten minutes
+    decisions = drive_big(flash, until=4500)
+    assert flash(4500) > 2000
+    for d in decisions:
+        assert gpus(d) * FACE.gpu_rps >= flash(d.at + SPOT.boot_s), d.reasons
 
 
-def test_headroom_grows_with_observed_variability() -> None:
-    rng = random.Random(4)
-    calm, _ = drive(lambda t: 500.0, until=7200)
-    noisy, _ = drive(lambda t: 500.0 + rng.gauss(0, 60), until=7200)
-    assert gpus(noisy[-1]) >= gpus(calm[-1]) + 3
+def test_per_minute_noise_does_not_churn_launches() -> None:
+    noisy = _minute_steps(400.0, 40.0, seed=5)
+    decisions = drive_big(noisy, until=4 * 3600)
+    learned = decisions[len(decisions) // 4 :]
+    rises = sum(1 for a, b in itertools.pairwise(learned) if noisy(b.at) > noisy(a.at))
+    # A policy that followed the samples would launch at every rise; this one launches a few times an
+    # hour, and never more than 2 GPUs' worth of noise away from its plan.
+    assert launches(learned) < rises / 8
+    assert max(gpus(d) for d in learned) - min(gpus(d) for d in learned) <= 8
 
 
-def test_a_learned_daily_profile_prewarms_before_the_daily_jump() -> None:
-    # Every day at 12:00 demand jumps from 100 to 600 req/s within a minute; no trend can see it coming.
-    day = 86400.0
+def test_a_spike_recurring_every_hour_is_prewarmed_but_one_seen_once_is_not() -> None:
+    def hourly(t: float) -> float:  # from the second hour on, 800 req/s at :30 for two minutes
+        return 800.0 if t >= 3600 and 1800 <= t % 3600 < 1920 else 100.0
 
-    def daily(t: float) -> float:
-        return 600.0 if 12 * 3600 <= t % day < 14 * 3600 else 100.0
+    decisions, _state = drive(hourly, until=3 * 3600 + 1800)
+    by_at = {d.at: d for d in decisions}
+    ahead = 1800 - SPOT.boot_s
+    # Seen once (in the second hour), the spike is not planned for in the third ...
+    assert gpus(by_at[2 * 3600 + ahead]) * 25 < 800, by_at[2 * 3600 + ahead].reasons
+    # ... seen in two periods, it is ready a boot before it comes in the fourth.
+    d = by_at[3 * 3600 + ahead]
+    assert gpus(d) * 25 >= 800, d.reasons
+    assert "(hourly)" in d.reasons[0] or "(bihourly)" in d.reasons[0]
 
-    decisions, state = drive(daily, until=2 * day + 11.5 * 3600)
-    first_day = [d for d in decisions if 12 * 3600 - 120 <= d.at < 12 * 3600]
-    assert all(gpus(d) * 25 < 600 for d in first_day), "nothing to learn from yet"
-    before, _ = drive(daily, start=2 * day + 11.5 * 3600, until=2 * day + 12 * 3600, state=state)
-    ready_at_jump = [d for d in before if d.at <= 2 * day + 12 * 3600 - SPOT.boot_s]
-    assert gpus(ready_at_jump[-1]) * 25 >= 600, ready_at_jump[-1].reasons
-    assert "(daily)" in ready_at_jump[-1].reasons[0]
 
-
-def test_release_waits_for_the_stabilization_window() -> None:
+def test_idle_capacity_is_released_after_a_boot_of_seen_time() -> None:
     decisions, state = drive(lambda t: 800.0, until=1800)
     peak = sum(decisions[-1].target_nodes.values())
-    low = 1800 + DEFAULT.fall_window_s + 60
-    after, _ = drive(lambda t: 800.0 if t < 1800 else 90.0, start=1800, until=low, state=state)
-    # Nothing leaves before the lower target has held for the (fall) stabilization window; releases
-    # begin within the longer window, and all is gone once the low demand has held for the fall window
-    # (the recent high no longer says the capacity may be needed again).
-    early = [d for d in after if d.at < 1800 + DEFAULT.fall_stabilization_s]
-    assert all(sum(d.target_nodes.values()) == peak for d in early)
-    by_window = [d for d in after if d.at <= 1800 + DEFAULT.scale_down_stabilization_s + 15]
-    assert sum(by_window[-1].target_nodes.values()) < peak
-    assert sum(after[-1].target_nodes.values()) == 0
+    after, _ = drive(lambda t: 90.0, start=1800, until=2400, state=state)
+    dropped = next(d.at for d in after if d.figures["wanted_burst_gpus"] < peak)
+    kept = [d for d in after if d.at < dropped - 15 + SPOT.boot_s]
+    assert all(sum(d.target_nodes.values()) == peak for d in kept)
+    assert all(d.cause is model.Cause.STABILIZATION for d in kept if d.at >= dropped)
+    assert sum(after[-1].target_nodes.values()) < peak
+    gone = next(d.at for d in after if sum(d.target_nodes.values()) < peak)
+    assert gone <= dropped - 15 + SPOT.boot_s + DEFAULT.horizon_extra_s + 15
+
+
+def test_a_metrics_outage_neither_counts_as_idle_time_nor_releases_after_it() -> None:
+    decisions, state = drive(lambda t: 800.0, until=1800)
+    active = dict(decisions[-1].target_nodes)
+    peak = sum(active.values())
+    for t in range(1800, 1860, 15):  # demand falls; the drop is seen for a minute
+        d, state = policy.decide(inputs(t, metrics(90.0), active=active), state, DEFAULT)
+        assert d.target_nodes == active
+    for t in range(1860, 5460, 15):  # an hour without metrics: holds, nothing remembered
+        blind = dataclasses.replace(inputs(t, metrics(90.0), active=active), synced=False)
+        d, after = policy.decide(blind, state, DEFAULT)
+        assert d.action is model.Action.HOLD and d.cause is model.Cause.UNSYNCED and after is state
+    # The first sample after the outage counts a gap of at most a minute: still within a boot.
+    d, state = policy.decide(inputs(5460, metrics(90.0), active=active), state, DEFAULT)
+    assert sum(d.target_nodes.values()) == peak and d.cause is model.Cause.STABILIZATION
+    t = 5475
+    while sum(d.target_nodes.values()) == peak:
+        d, state = policy.decide(inputs(t, metrics(90.0), active=active), state, DEFAULT)
+        t += 15
+    assert t - 5460 >= SPOT.boot_s - 60 - 60, "the seen minute before and the capped gap count"
+
+
+def test_holds_say_why() -> None:
+    i = dataclasses.replace(inputs(0, metrics(100.0), active={"spot": 2, "ondemand": 0}), synced=False)
+    d, _ = policy.decide(i, policy.PolicyState(), DEFAULT)
+    assert d.cause is model.Cause.UNSYNCED and d.target_nodes == {"spot": 2, "ondemand": 0}
+    d, _ = policy.decide(dataclasses.replace(i, operator_hold=True), policy.PolicyState(), DEFAULT)
+    assert d.cause is model.Cause.OPERATOR_HOLD and d.action is model.Action.HOLD
+
+
+def test_a_binding_max_nodes_is_the_cause() -> None:
+    small = dataclasses.replace(SPOT, max_nodes=3)
+    state = policy.PolicyState()
+    i = dataclasses.replace(inputs(0, metrics(1000.0), active={"spot": 0}), pools=(small,))
+    d, _ = policy.decide(i, state, DEFAULT)
+    assert d.target_nodes == {"spot": 3} and d.cause is model.Cause.MAX_NODES
+
+
+def test_seasonality_can_be_turned_off() -> None:
+    off = dataclasses.replace(DEFAULT, seasonality=False)
+    decisions, state = drive(lambda t: 300.0, until=600, burst_policy=off)
+    assert state.models["face"].profiles == ()
+    assert gpus(decisions[-1]) * 25 >= 300
 
 
 def test_spot_first_then_on_demand_when_spot_is_refused_and_back_make_before_break() -> None:
@@ -169,7 +263,8 @@ def test_a_backlog_gets_catch_up_capacity_and_says_why() -> None:
         d, state = policy.decide(inputs(t, metrics(200.0), active={"spot": 5, "ondemand": 0}), state, DEFAULT)
     calm = gpus(d)
     d, _ = policy.decide(inputs(300, metrics(200.0, queue=3000.0), active=d.target_nodes), state, DEFAULT)
-    assert gpus(d) >= calm + 3 and any("to drain it" in r for r in d.reasons)
+    assert gpus(d) > calm and any("to drain it" in r for r in d.reasons)
+    assert d.cause is model.Cause.BACKLOG
 
 
 def test_reasons_tell_a_person_what_was_seen_and_decided() -> None:
@@ -196,133 +291,5 @@ def test_a_jump_that_floods_the_queue_is_sized_in_full_at_the_first_tick() -> No
     flooded = first_tick(3000.0)
     # 500 req/s at 97 % of 25 per GPU, plus 3000 queued drained in 30 s: 25 GPUs, 21 of them cloud.
     assert sum(flooded.target_nodes.values()) >= 21
-    assert any("rate jump implies 500 req/s" in r for r in flooded.reasons)
     # Without a standing queue the same rate reads as a ramp still to be confirmed.
     assert sum(first_tick(0.0).target_nodes.values()) < 17
-
-
-def reading(recent: float | None, in_system: float, replicas: int = 4) -> model.PodReading:
-    return model.PodReading(recent_rps=recent, in_system=in_system, replicas=replicas)
-
-
-def test_a_surge_needs_both_a_flood_of_arrivals_and_a_queue_past_the_slo() -> None:
-    # 4 private GPUs serve 100 req/s; within the SLO they hold 50 requests.
-    assert policy.surging(FACE, reading(450.0, 400.0), planned_gpus=4)
-    assert not policy.surging(FACE, reading(450.0, 40.0), planned_gpus=4), "no queue yet: one busy second"
-    assert not policy.surging(FACE, reading(150.0, 400.0), planned_gpus=4), "a queue, but no flood"
-    assert not policy.surging(FACE, reading(450.0, 400.0), planned_gpus=12), "already planned for"
-    assert not policy.surging(FACE, reading(None, 400.0), planned_gpus=4), "no rate on a first reading"
-    assert not policy.surging(FACE, reading(450.0, 400.0, replicas=0), planned_gpus=4)
-
-
-def test_a_surge_tick_buys_for_the_backlog_the_new_nodes_will_meet() -> None:
-    """80 -> 500 req/s at t=600, seen by the replicas one second later, by Prometheus not yet."""
-    state = policy.PolicyState()
-    for t in range(0, 615, 15):
-        m = dataclasses.replace(metrics(80.0), ready_replicas={"private": 4})
-        _, state = policy.decide(inputs(t, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
-    scraped = dataclasses.replace(metrics(80.0, queue=400.0), ready_replicas={"private": 4})
-    d, after = policy.decide(
-        inputs(601, dataclasses.replace(scraped, recent_rps=520.0), active={"spot": 0, "ondemand": 0}),
-        state,
-        DEFAULT,
-    )
-    # By the join the queue holds the service's 30 s of private capacity (3000), to clear within 5 s on
-    # top of 520 req/s, at 97 % of 25 req/s per GPU.
-    cloud = math.ceil((520 + 3000 / 5) / (25 * 0.97)) - FACE.private_gpus
-    assert sum(d.target_nodes.values()) == cloud == 43, d.reasons
-    assert any("replicas report 520 req/s" in r and "surge: 3000" in r for r in d.reasons)
-    # Held like a recommendation: the next regular tick, which sees less, keeps them while they boot.
-    m = dataclasses.replace(metrics(120.0, queue=3000.0), ready_replicas={"private": 4})
-    later, _ = policy.decide(inputs(615, m, active=dict(d.target_nodes)), after, DEFAULT)
-    assert sum(later.target_nodes.values()) == cloud, later.reasons
-    # The regular tick alone, with the same scrape, buys far less.
-    plain, _ = policy.decide(inputs(601, scraped, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
-    assert sum(plain.target_nodes.values()) < 20
-
-
-def test_after_a_surge_the_rate_catching_up_with_the_step_is_not_a_ramp() -> None:
-    """The step to 500 req/s was measured at 601; the 60 s rate then climbs to it over a minute."""
-    state = policy.PolicyState()
-    for t in range(0, 615, 15):
-        m = dataclasses.replace(metrics(80.0), ready_replicas={"private": 4})
-        _, state = policy.decide(inputs(t, m, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
-    surge = dataclasses.replace(metrics(80.0, queue=400.0), ready_replicas={"private": 4}, recent_rps=500.0)
-    d, state = policy.decide(inputs(601, surge, active={"spot": 0, "ondemand": 0}), state, DEFAULT)
-    bought = sum(d.target_nodes.values())
-    for t in range(615, 900, 15):
-        rate = 80.0 + 420.0 * min(1.0, (t - 600) / 60)
-        m = dataclasses.replace(
-            metrics(rate, queue=3000.0 if t < 840 else 0.0), ready_replicas={"private": 4}
-        )
-        d, state = policy.decide(inputs(t, m, active=dict(d.target_nodes)), state, DEFAULT)
-        assert sum(d.target_nodes.values()) <= bought, (t, d.reasons)
-    assert any("still showing the" in r for r in d.reasons)
-
-
-def _minute_steps(level: float, spread: float, seed: int) -> Callable[[float], float]:
-    """Per-minute arrivals that jump by noise each minute, as a 60 s rate sees them: every jump becomes
-    a short, clean ramp."""
-    rng = random.Random(seed)
-    minutes = [level + rng.gauss(0, spread) for _ in range(24 * 60)]
-
-    def rate(t: float) -> float:
-        m, into = divmod(t, 60.0)
-        now, before = minutes[int(m)], minutes[max(0, int(m) - 1)]
-        return before + (now - before) * into / 60.0
-
-    return rate
-
-
-def test_the_fast_fit_is_dropped_where_it_forecasts_worse_and_kept_where_it_sees_a_ramp() -> None:
-    plain = dataclasses.replace(DEFAULT, fast_samples=0)
-    noisy = _minute_steps(400.0, 40.0, seed=5)
-    with_fit, state = drive(noisy, until=6 * 3600)
-    without, _ = drive(noisy, until=6 * 3600, burst_policy=plain)
-    # Extrapolating the rate window's ramps scores worse than the plain trend: once that shows, the
-    # policy plans exactly what it would without the fast fit.
-    fast, slow = state.memory["face"].rival_errors
-    assert fast > slow
-    late = range(len(with_fit) - 480, len(with_fit))
-    assert all(with_fit[i].forecast_rps == without[i].forecast_rps for i in late)
-    # An accelerating ramp is what the fast fit is for: it forecasts better there and stays on.
-    ramp = lambda t: 100.0 + 2e-4 * t * t  # noqa: E731
-    steep, state = drive(ramp, until=1500)
-    flat, _ = drive(ramp, until=1500, burst_policy=plain)
-    fast, slow = state.memory["face"].rival_errors
-    assert fast < slow
-    assert steep[-1].forecast_rps["face"] > flat[-1].forecast_rps["face"]
-
-
-def test_a_release_keeps_what_past_surprises_say_may_come_back_within_a_boot() -> None:
-    # Demand that has jumped 30 % above the forecast now and then, and reached 520 req/s a few minutes
-    # ago: back at 400, a release keeps what such a jump needs, no more than the recent high.
-    _, state = drive(lambda t: 400.0, until=3600)
-    errors = state.memory["face"].errors or forecast.ErrorHistogram.empty()
-    for k in range(200):
-        errors = forecast.record_error(errors, 0.3 if k % 10 == 0 else 0.0, decay=1.0)
-    state = dataclasses.replace(
-        state, memory={"face": dataclasses.replace(state.memory["face"], errors=errors)}
-    )
-    shape = lambda t: 520.0 if t < 3900 else 400.0  # noqa: E731
-    kept, _ = drive(shape, start=3600, until=4500, state=state)
-    forgetful = dataclasses.replace(DEFAULT, release_quantile=0.0)
-    released, _ = drive(shape, start=3600, until=4500, state=state, burst_policy=forgetful)
-    assert gpus(kept[-1]) > gpus(released[-1])
-    assert gpus(kept[-1]) <= math.ceil(520 / (25 * DEFAULT.target_utilization))
-    assert gpus(kept[-1]) * 25 * DEFAULT.target_utilization >= 400 * 1.3 - 25
-    assert any("before a relaunch could serve" in r for r in kept[-1].reasons), kept[-1].reasons
-
-
-def test_per_minute_noise_through_a_rate_window_is_not_a_fall() -> None:
-    # A fall releases after 2 minutes instead of 5; a 60 s rate sampled every 15 s makes per-minute noise
-    # look like a string of clean slopes, which must not read as one.
-    noisy = _minute_steps(400.0, 40.0, seed=3)
-
-    def falls(decisions: list[model.Decision]) -> int:
-        return sum(1 for d in decisions if any("demand falling" in r for r in d.reasons))
-
-    flat, _ = drive(noisy, until=3 * 3600)
-    assert falls(flat) < 0.035 * len(flat)  # counting every sample as independent: 40 of 720 ticks
-    declining, _ = drive(lambda t: max(100.0, noisy(t) - 0.1 * t), until=3 * 3600)
-    assert falls(declining) >= 3 * max(1, falls(flat))

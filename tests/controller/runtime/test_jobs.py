@@ -14,7 +14,6 @@ from prometheus_client import parser
 from controller import ports
 from controller.adapters import kube as kube_adapter
 from controller.core import model
-from controller.ports import fakes
 from controller.runtime import jobs, orphans, store, telemetry
 from tests.support import fake_world, kube_emulator
 
@@ -146,19 +145,8 @@ def test_the_schedule_never_overlaps_a_job_and_folds_missed_runs(world: fake_wor
     assert by_id["refresh"].trigger.interval.total_seconds() == 600.0
 
 
-def test_the_surge_check_is_scheduled_only_with_an_interval(world: fake_world.World) -> None:
-    j = jobs.Jobs(
-        world.rec, clock=world.clock, intervals=jobs.Intervals(tick_s=15.0, surge_s=1.0), retention_age_s=60
-    )
-    j.schedule()
-    by_id = {job.id: job for job in j.scheduler.get_jobs()}
-    assert by_id["surge"].trigger.interval.total_seconds() == 1.0 and by_id["surge"].max_instances == 1
-    assert "surge" not in {job.id for job in _jobs(world).scheduler.get_jobs()}
-
-
 def test_a_slow_tick_is_not_overlapped_by_the_next(world: fake_world.World) -> None:
-    """A real scheduler, ticks every 60 ms that take 50 ms, and a surge check every 10 ms whose replicas
-    always show a surge: never two ticks at once."""
+    """A real scheduler, ticks due every 20 ms that take 50 ms: never two ticks at once."""
     running = 0
     most = 0
     lock = threading.Lock()
@@ -177,17 +165,15 @@ def test_a_slow_tick_is_not_overlapped_by_the_next(world: fake_world.World) -> N
         finally:
             with lock:
                 running -= 1
-            if world.store.load().version >= 3 and any(r.surge for r in world.reports):
+            if world.store.load().version >= 3:
                 done.set()
 
     world.rec.tick = slow_tick  # type: ignore[method-assign]
-    flood = model.PodReading(recent_rps=1e5, in_system=1e5, replicas=1)
-    world.rec.pods = fakes.FakePodSource(values={"face": flood})
     world.metrics.set("face", 10.0)
     j = jobs.Jobs(
         world.rec,
         clock=world.clock,
-        intervals=jobs.Intervals(tick_s=0.06, surge_s=0.01),
+        intervals=jobs.Intervals(tick_s=0.02),
         retention_age_s=60,
         scheduler=aps_background.BackgroundScheduler(),
     )

@@ -126,27 +126,20 @@ def test_a_binding_budget_is_the_reason_and_the_gauge_shows_it() -> None:
     assert _get(t, telemetry.COST_USD_PER_HOUR, pool="spot") <= 2.0
 
 
-@pytest.mark.parametrize(
-    ("reasons", "expected"),
-    [
-        (("spot: capped at 3 nodes (max_nodes 3)",), "max_nodes"),
-        (("scale-down stabilization: keeping 4 burst GPUs (highest of the last 300 s)",), "stabilization"),
-        (
-            (
-                "scale-down stabilization: keeping 6 burst GPUs: demand may need them again before a "
-                "relaunch could serve (its variability and past forecast errors)",
-            ),
-            "stabilization",
-        ),
-        (("spot: unavailable (capacity refused), falling back",), "capacity_refused"),
-        (("spot: held at min_nodes 1",), "min_nodes"),
-        (("face: 10.0 req/s, queue 0 -> 1 GPUs (2 private)",), "demand"),
-    ],
-)
-def test_reason_labels_stay_bounded(reasons: tuple[str, ...], expected: str) -> None:
-    d = model.Decision(0.0, model.Action.STEADY, {}, {}, {}, {}, reasons)
-    assert telemetry.reason(d) == expected
-    assert expected in telemetry.REASONS
+def test_reason_labels_stay_bounded() -> None:
+    """The `reason` label is the decision's typed cause, whatever its free text says: one label per cause."""
+    assert tuple(c.value for c in model.Cause) == telemetry.REASONS
+    assert len(set(telemetry.REASONS)) == len(model.Cause)
+    t = telemetry.Telemetry(workloads=(fake_world.FACE,), pools=(fake_world.SPOT, fake_world.ONDEMAND))
+    misleading = ("spot: capped at 3 nodes (max_nodes 3)", "scale-down stabilization: keeping 4 burst GPUs")
+    for cause in model.Cause:
+        d = model.Decision(0.0, model.Action.STEADY, {}, {}, {}, {}, misleading, cause=cause)
+        assert telemetry.reason(d) == cause.value
+        t.observe(model.TickReport(0.0, True, d, {}, (), (), ()))
+    for cause in model.Cause:
+        assert _get(t, telemetry.DECISIONS, action="steady", reason=cause.value) == 1, cause
+    labels = {lb for (name, lb), _ in _samples(t).items() if name == telemetry.DECISIONS}
+    assert {dict(lb)["reason"] for lb in labels} == set(telemetry.REASONS)
 
 
 def test_error_parts_are_bounded_labels() -> None:
