@@ -19,7 +19,7 @@ import enum
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
@@ -172,9 +172,13 @@ def peak_around(p: Profile, t: float, reach_s: float) -> float:
     """What both periods reached within `reach_s` of t: recurring spikes come minutes early or late."""
     n = len(p.values)
     centre = p.index(t)
-    k = int(reach_s // p.bin_s)
-    around = [(centre + j) % n for j in range(-k, k + 1)]
-    return min(max(p.values[i] for i in around), max(p.before[i] for i in around))
+    k = min(int(reach_s // p.bin_s), (n - 1) // 2)
+    lo, hi = centre - k, centre + k + 1
+    if lo >= 0 and hi <= n:  # slices, not a walk over indices: this runs every tick per profile
+        return min(max(p.values[lo:hi]), max(p.before[lo:hi]))
+    lo %= n
+    hi %= n
+    return min(max(*p.values[lo:], *p.values[:hi]), max(*p.before[lo:], *p.before[:hi]))
 
 
 PROFILES: tuple[tuple[Source, float, float, float], ...] = (
@@ -199,6 +203,9 @@ class Model:
     """Per forecaster: the highest error of each horizon-long block of forecasts."""
     blocks: tuple[tuple[float, float], ...] = ()
     """Per forecaster: (start, highest error so far) of the block being gathered."""
+    tails: tuple[tuple[float, float], ...] = ()
+    """Per forecaster: (weight of its error record, the tail quantile) as last computed: the tail moves
+    only when a block closes, and it is asked every tick."""
     profiles: tuple[Profile, ...] = ()
 
 
@@ -339,7 +346,7 @@ def remember(
     seen = math.log(demand + settings.floor_rps)
     while pending and pending[0][0] <= at:
         errors, blocks = _score(m, at, seen, pending[0][1], block_s=block_s, settings=settings)
-        m = replace(m, errors=errors, blocks=blocks)
+        m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles)
         pending = pending[1:]
     profiles = m.profiles
     if seasonal:
@@ -347,25 +354,27 @@ def remember(
             observe(p, at, demand)
             for p in (m.profiles or tuple(Profile.empty(period, b) for _, period, b, _ in PROFILES))
         )
-    return Model(samples, pending, m.errors, m.blocks, profiles)
+    # Built directly: dataclasses.replace walks the fields, and this runs every tick.
+    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles)
 
 
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
     """The bound to plan for, and the model with this tick's predictions pending."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
-    m = replace(m, pending=(*m.pending, (at + horizon_s, predicted)))
     eps = settings.floor_rps
     best: tuple[float, Source, float, float] | None = None
     latest_slack: float | None = None
-    for source, p, e in zip(SOURCES, predicted, m.errors or (), strict=False):
+    tails = list(m.tails or ((math.nan, 0.0),) * len(SOURCES))
+    for i, (source, p, e) in enumerate(zip(SOURCES, predicted, m.errors or (), strict=False)):
         n = count(e, at, half_life_s=settings.half_life_s)
         if math.isnan(p) or n < settings.min_errors:
             continue
         # A surprise seen once is not yet a pattern: the tail covered must rest on two blocks at least,
         # and until the errors can tell the coverage asked, part of the cold margin stays (less as they
         # come).
-        margin = quantile(e, min(settings.coverage, 1.0 - 2.0 / n))
-        margin = max(margin, settings.cold_margin * (1.0 - n * (1.0 - settings.coverage) / 2.0))
+        if tails[i][0] != e.total:
+            tails[i] = (e.total, quantile(e, min(settings.coverage, 1.0 - 2.0 / n)))
+        margin = max(tails[i][1], settings.cold_margin * (1.0 - n * (1.0 - settings.coverage) / 2.0))
         # The bound's expected distance above what comes, in log terms, is the cost of trusting it; a
         # forecaster that is right only after a large correction for its bias counts that correction
         # too (its bias is of the past, and may not hold when demand changes course).
@@ -375,6 +384,9 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
             latest_slack = slack
         if best is None or slack < best[0]:
             best = (slack, source, p, margin)
+    m = Model(
+        m.samples, (*m.pending, (at + horizon_s, predicted)), m.errors, m.blocks, tuple(tails), m.profiles
+    )
     latest = m.samples[-1][1]
     if best is None:
         # Too few errors to judge any forecaster: the latest level, the robust one or the linear trend
