@@ -154,6 +154,68 @@ def sync(
     return new, tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    """What one tick's reads say about one record's node."""
+
+    pool: model.PoolState | None
+    node: model.ClusterNode | None
+    in_stack: bool | None
+    """None when the stack could not be read."""
+    vanished: bool
+    """The stack no longer has it and no apply is under way."""
+    gone_from_cluster: bool
+
+
+_Step = tuple[Event, dict[str, object]] | None
+"""The event a record meets this tick (with the reason's figures), or None."""
+
+
+def _booting(rec: model.NodeRecord, now: float, ev: _Evidence, timeouts: Timeouts) -> _Step:
+    pool = ev.pool
+    if rec.status is S.PROVISIONING and ev.vanished:
+        return Event.VANISHED, {}
+    if (
+        rec.status is S.REQUESTED
+        and pool is not None
+        and pool.apply is model.ApplyState.FAILED
+        and pool.submitted is not None
+        and rec.name in pool.submitted
+        and not ev.in_stack
+    ):
+        return Event.APPLY_FAILED, {"message": pool.message}
+    if now - rec.requested_at > timeouts.boot_s:
+        return Event.BOOT_TIMEOUT, {"boot_s": timeouts.boot_s}
+    return None
+
+
+def _ready(ev: _Evidence) -> _Step:
+    if ev.vanished:
+        return Event.VANISHED, {}
+    if ev.gone_from_cluster:
+        return Event.LEFT_CLUSTER, {}
+    if ev.node is not None and ev.node.interrupting:
+        return Event.INTERRUPTED, {}
+    return None
+
+
+def _draining(rec: model.NodeRecord, now: float, ev: _Evidence, timeouts: Timeouts) -> _Step:
+    if ev.gone_from_cluster or (ev.node is not None and ev.node.pods == 0):
+        return Event.DRAINED, {}
+    if ev.pool is not None and ev.in_stack is False:
+        return Event.VANISHED, {}
+    if now - rec.since > timeouts.drain_s:
+        return Event.DRAIN_TIMEOUT, {"drain_s": timeouts.drain_s}
+    return None
+
+
+def _releasing(rec: model.NodeRecord, ev: _Evidence) -> _Step:
+    pool = ev.pool
+    if pool is None or ev.in_stack or pool.apply is model.ApplyState.BUSY:
+        return None
+    return None if pool.submitted is not None and rec.name in pool.submitted else (Event.GONE, {})
+
+
 def _advance(
     rec: model.NodeRecord,
     now: float,
@@ -165,52 +227,36 @@ def _advance(
     out: list[model.Transition],
 ) -> model.NodeRecord:
     """One record's next status; `pool`/`node` None with the read failed means: no evidence either way."""
-    st = rec.status
     in_stack = None if pool is None else rec.name in pool.instances
-    vanished = pool is not None and in_stack is False and pool.apply is not model.ApplyState.BUSY
-    gone_from_cluster = cluster_read and node is None
+    ev = _Evidence(
+        pool,
+        node,
+        in_stack,
+        vanished=pool is not None and in_stack is False and pool.apply is not model.ApplyState.BUSY,
+        gone_from_cluster=cluster_read and node is None,
+    )
+    st = rec.status
+    step: _Step = None
     if st is S.REQUESTED or st is S.PROVISIONING:
         if node is not None and node.ready:
             return _move(rec, Event.JOINED, now, out)
         if st is S.REQUESTED and in_stack:
-            rec = _move(rec, Event.CREATED, now, out)
-        elif st is S.PROVISIONING and vanished:
-            return _move(rec, Event.VANISHED, now, out)
-        elif (
-            st is S.REQUESTED
-            and pool is not None
-            and pool.apply is model.ApplyState.FAILED
-            and pool.submitted is not None
-            and rec.name in pool.submitted
-            and not in_stack
-        ):
-            return _move(rec, Event.APPLY_FAILED, now, out, message=pool.message)
-        if now - rec.requested_at > timeouts.boot_s:
-            return _move(rec, Event.BOOT_TIMEOUT, now, out, boot_s=timeouts.boot_s)
+            rec = _move(rec, Event.CREATED, now, out)  # and it may time out in the same tick
+            step = _booting(rec, now, replace(ev, vanished=False), timeouts)
+        else:
+            step = _booting(rec, now, ev, timeouts)
+    elif st is S.READY:
+        step = _ready(ev)
+    elif st is S.DRAINING:
+        step = _draining(rec, now, ev, timeouts)
+    elif st is S.FAILED:
+        step = Event.NEXT_TICK, {}
+    elif st is S.RELEASING:
+        step = _releasing(rec, ev)
+    if step is None:
         return rec
-    if st is S.READY:
-        if vanished:
-            return _move(rec, Event.VANISHED, now, out)
-        if gone_from_cluster:
-            return _move(rec, Event.LEFT_CLUSTER, now, out)
-        if node is not None and node.interrupting:
-            return _move(rec, Event.INTERRUPTED, now, out)
-        return rec
-    if st is S.DRAINING:
-        if gone_from_cluster or (node is not None and node.pods == 0):
-            return _move(rec, Event.DRAINED, now, out)
-        if pool is not None and in_stack is False:
-            return _move(rec, Event.VANISHED, now, out)
-        if now - rec.since > timeouts.drain_s:
-            return _move(rec, Event.DRAIN_TIMEOUT, now, out, drain_s=timeouts.drain_s)
-        return rec
-    if st is S.FAILED:
-        return _move(rec, Event.NEXT_TICK, now, out)
-    if st is S.RELEASING and pool is not None and not in_stack:
-        submitted = pool.submitted
-        if pool.apply is not model.ApplyState.BUSY and (submitted is None or rec.name not in submitted):
-            return _move(rec, Event.GONE, now, out)
-    return rec
+    event, figures = step
+    return _move(rec, event, now, out, **figures)
 
 
 def tally(records: Iterable[model.NodeRecord]) -> dict[str, dict[model.NodeStatus, int]]:
