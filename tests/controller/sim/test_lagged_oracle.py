@@ -25,18 +25,30 @@ def _trace() -> list[float]:
     return a
 
 
+def _expected_ready(sc: scenario.Scenario, boot: int) -> np.ndarray:
+    """By the definition, second by second: private GPUs plus the most nodes needed over
+    [t - 2 boot + 1, t - boot], at most the pools' node caps."""
+    need = [
+        max(0, -(-max(0, int(np.ceil(a / sc.workload.gpu_rps - 1e-9)) - sc.private_gpus) // 1))
+        for a in sc.arrivals.tolist()
+    ]
+    cap = sum(p.spec.max_nodes for p in sc.pools)
+    out = []
+    for t in range(sc.duration_s):
+        seen = need[max(0, t - 2 * boot + 1) : t - boot + 1] if t >= boot else []
+        out.append(sc.private_gpus + min(cap, max(seen, default=0)))
+    return np.asarray(out)
+
+
 def test_lagged_oracle_by_hand(tmp_path: Path) -> None:
     sc = helpers.build(tmp_path, _trace(), pools=POOLS)
     lag = oracle.lagged(sc)
     exact = oracle.run(sc)
     assert lag.policy == "lagged-oracle"
-    # The same runs, 30 s later: slot 1 serves [130, 330) billed from 100 (its launch), the spike's
-    # node serves [530, 531) billed the 60 s minimum from 500; slot 2 serves [130, 230).
-    assert lag.cost_usd == pytest.approx((230 + 60) * 0.36 / 3600 + (130 + 60) * 0.72 / 3600)
-    assert lag.cost_usd == pytest.approx(exact.cost_usd)
-    assert lag.launches == exact.launches == 4
-    assert lag.ready_gpus[129] == 2 and lag.ready_gpus[130] == 4 and lag.ready_gpus[240] == 3
-    assert lag.billed_nodes[100] == 2 and lag.billed_nodes[99] == 0
+    assert np.array_equal(lag.ready_gpus, _expected_ready(sc, 30))
+    # The single-second spike at 500 is held for a boot, 30 s after it: too late to serve it.
+    assert lag.ready_gpus[530] > lag.ready_gpus[529] and lag.ready_gpus[559] == lag.ready_gpus[530]
+    assert lag.cost_usd > exact.cost_usd
     # Demand outran capacity for the first boot of each burst.
     assert lag.slo_attainment < exact.slo_attainment == pytest.approx(1.0)
 
@@ -48,12 +60,9 @@ def test_lagged_oracle_on_a_generated_ramp(tmp_path: Path, seed: int) -> None:
     lag = oracle.lagged(sc)
     exact = oracle.run(sc)
     assert lag.slo_attainment < exact.slo_attainment
-    # ready(t) = the oracle's ready(t - boot); before one boot only the private GPUs serve.
-    assert np.array_equal(lag.ready_gpus[boot:], exact.ready_gpus[:-boot])
+    # It holds at least what the oracle had one boot earlier, and before one boot only private GPUs serve.
+    assert (lag.ready_gpus[boot:] >= exact.ready_gpus[:-boot]).all()
     assert (lag.ready_gpus[:boot] == sc.private_gpus).all()
-    # Each node bills from its launch, boot before it serves: the oracle's bill, one boot later.
-    assert np.array_equal(lag.billed_nodes[boot:], exact.billed_nodes[:-boot])
-    assert lag.launches == exact.launches and lag.max_burst_nodes == exact.max_burst_nodes
 
 
 def test_lagged_oracle_runs_through_the_policy_factory(tmp_path: Path) -> None:
