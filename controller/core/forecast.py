@@ -197,15 +197,15 @@ class Model:
 
     samples: tuple[tuple[float, float], ...] = ()
     """(time, demand) over the longest window a forecaster looks at."""
-    pending: tuple[tuple[float, tuple[float, ...]], ...] = ()
-    """(due time, each forecaster's prediction) not yet checked against what came."""
+    pending: tuple[tuple[float, tuple[float, ...], int], ...] = ()
+    """(due time, each forecaster's prediction, the regime it was made in) not yet checked."""
     errors: tuple[Errors, ...] = ()
-    """Per forecaster: the highest error of each horizon-long block of forecasts."""
+    """Per regime and forecaster (`REGIMES` x `SOURCES`): the errors of its forecasts."""
     blocks: tuple[tuple[float, float], ...] = ()
-    """Per forecaster: (start, highest error so far) of the block being gathered."""
+    """Per regime and forecaster: (start, highest error so far) of the block being gathered."""
     tails: tuple[tuple[float, float], ...] = ()
-    """Per forecaster: (weight of its error record, the tail quantile) as last computed: the tail moves
-    only when a block closes, and it is asked every tick."""
+    """Per regime and forecaster: (weight of its error record, the tail quantile) as last computed: the
+    tail moves only when a block closes, and it is asked every tick."""
     profiles: tuple[Profile, ...] = ()
 
 
@@ -310,18 +310,34 @@ def _time(sample: tuple[float, float]) -> float:
     return sample[0]
 
 
+REGIMES = 2
+"""Errors are kept apart by where demand stood against its base when the forecast was made: at it
+(regime 0), or above it by more than `ELEVATED` (regime 1). The surprises that come from a base (a
+spike starting) are not the ones that come from a spike (it ending), and a bound learned from the first
+must not be stacked on top of the second."""
+ELEVATED = math.log(1.5)
+
+
 def _score(
-    m: Model, at: float, seen: float, predicted: tuple[float, ...], *, block_s: float, settings: Settings
+    m: Model,
+    at: float,
+    seen: float,
+    due: tuple[float, tuple[float, ...], int],
+    *,
+    block_s: float,
+    settings: Settings,
 ) -> tuple[tuple[Errors, ...], tuple[tuple[float, float], ...]]:
     """Fold one due forecast's errors into each forecaster's block; a block closed goes on record.
 
     Forecasts a tick apart share most of their horizon, so one surprise shows in a whole horizon of
     them: judged per block, a single step counts once, while noise within every block still counts."""
-    errors = m.errors or tuple(Errors() for _ in SOURCES)
-    blocks = m.blocks or tuple((math.nan, math.nan) for _ in SOURCES)
+    errors = m.errors or tuple(Errors() for _ in range(REGIMES * len(SOURCES)))
+    blocks = m.blocks or tuple((math.nan, math.nan) for _ in range(REGIMES * len(SOURCES)))
+    _, predicted, regime = due
     eps = settings.floor_rps
-    out_e, out_b = [], []
-    for e, block, p in zip(errors, blocks, predicted, strict=True):
+    lo, hi = regime * len(SOURCES), (regime + 1) * len(SOURCES)
+    out_e, out_b = list(errors[:lo]), list(blocks[:lo])
+    for e, block, p in zip(errors[lo:hi], blocks[lo:hi], predicted, strict=True):
         if math.isnan(p):
             out_e.append(e)
             out_b.append(block)
@@ -331,7 +347,7 @@ def _score(
         closed = not math.isnan(start) and at // block_s != start // block_s
         out_e.append(record(e, at, error, block=top if closed else None, half_life_s=settings.half_life_s))
         out_b.append((at, error) if closed or math.isnan(start) else (start, max(top, error)))
-    return tuple(out_e), tuple(out_b)
+    return (*out_e, *errors[hi:]), (*out_b, *blocks[hi:])
 
 
 def remember(
@@ -345,7 +361,7 @@ def remember(
     pending = m.pending
     seen = math.log(demand + settings.floor_rps)
     while pending and pending[0][0] <= at:
-        errors, blocks = _score(m, at, seen, pending[0][1], block_s=block_s, settings=settings)
+        errors, blocks = _score(m, at, seen, pending[0], block_s=block_s, settings=settings)
         m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles)
         pending = pending[1:]
     profiles = m.profiles
@@ -358,23 +374,35 @@ def remember(
     return Model(samples, pending, m.errors, m.blocks, m.tails, profiles)
 
 
+def _regime(predicted: tuple[float, ...], eps: float) -> int:
+    latest, base = predicted[0], predicted[SOURCES.index(Source.BASE)]
+    return 1 if math.log(latest + eps) - math.log(base + eps) > ELEVATED else 0
+
+
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
     """The bound to plan for, and the model with this tick's predictions pending."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
     eps = settings.floor_rps
+    regime = _regime(predicted, eps)
     best: tuple[float, Source, float, float] | None = None
     latest_slack: float | None = None
-    tails = list(m.tails or ((math.nan, 0.0),) * len(SOURCES))
-    for i, (source, p, e) in enumerate(zip(SOURCES, predicted, m.errors or (), strict=False)):
+    tails = list(m.tails or ((math.nan, 0.0),) * (REGIMES * len(SOURCES)))
+    errors = m.errors or ()
+    for i, (source, p) in enumerate(zip(SOURCES, predicted, strict=True)):
+        if math.isnan(p) or not errors:
+            continue
+        # Judged by the errors of the regime demand is in: a regime not yet seen starts cold.
+        k = regime * len(SOURCES) + i
+        e = errors[k]
         n = count(e, at, half_life_s=settings.half_life_s)
-        if math.isnan(p) or n < settings.min_errors:
+        if n < settings.min_errors:
             continue
         # A surprise seen once is not yet a pattern: the tail covered must rest on two blocks at least,
         # and until the errors can tell the coverage asked, part of the cold margin stays (less as they
         # come).
-        if tails[i][0] != e.total:
-            tails[i] = (e.total, quantile(e, min(settings.coverage, 1.0 - 2.0 / n)))
-        margin = max(tails[i][1], settings.cold_margin * (1.0 - n * (1.0 - settings.coverage) / 2.0))
+        if tails[k][0] != e.total:
+            tails[k] = (e.total, quantile(e, min(settings.coverage, 1.0 - 2.0 / n)))
+        margin = max(tails[k][1], settings.cold_margin * (1.0 - n * (1.0 - settings.coverage) / 2.0))
         # The bound's expected distance above what comes, in log terms, is the cost of trusting it; a
         # forecaster that is right only after a large correction for its bias counts that correction
         # too (its bias is of the past, and may not hold when demand changes course).
@@ -384,9 +412,8 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
             latest_slack = slack
         if best is None or slack < best[0]:
             best = (slack, source, p, margin)
-    m = Model(
-        m.samples, (*m.pending, (at + horizon_s, predicted)), m.errors, m.blocks, tuple(tails), m.profiles
-    )
+    pending = (*m.pending, (at + horizon_s, predicted, regime))
+    m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles)
     latest = m.samples[-1][1]
     if best is None:
         # Too few errors to judge any forecaster: the latest level, the robust one or the linear trend
