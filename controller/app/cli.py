@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "controller.sim.evaluate",
     "controller.runtime.policy_file",
     "controller.app.live",
+    "controller.app.store_admin",
     "controller.app.demo",
     "controller.app.bench_tick",
 )

@@ -182,6 +182,8 @@ def build(
             tel=tel,
             scheduler=scheduler,
         )
+        checks["store"] = db.health
+        checks["last_tick"] = lambda: j.last_failure
         if elector is None:
             tel.set_leader(not dry_run)
     except BaseException:
