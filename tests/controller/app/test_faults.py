@@ -7,6 +7,8 @@ data lost (all 0), and that the controller says so (readiness, metrics) rather t
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +38,10 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+if sys.argv[2:] == ["stubborn"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
 server.serve_forever(poll_interval=0.05)
 """
 
@@ -153,3 +158,76 @@ def test_a_removed_store_turns_readiness_off_within_two_ticks_and_loses_nothing(
     recovered = store.SqliteStore(db)
     assert recovered.version() >= before, "data lost: the saved copy is older than what was committed"
     print(f"store removed -> /readyz 503 after {took:.2f} s (tick {TICK_S} s)")
+
+
+# -- process faults -------------------------------------------------------------------------------------
+POOL_OWNER = r"""
+import json, sys, time
+from pathlib import Path
+from controller.adapters import local
+from controller.ports import clock
+
+argv = [sys.executable, sys.argv[1], "{port}", *sys.argv[3:]]
+pool = local.LocalPool(clock=clock.SystemClock(), boot_delay_s=0, command=argv, log_dir=sys.argv[2])
+pool.submit("local", ("n1", "n2"))
+while sum(n.ready for n in pool.burst_nodes().values()) < 2:
+    time.sleep(0.05)
+print(json.dumps({n: p.pid for n, p in pool.processes().items()}), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _owner_with_workers(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    (tmp_path / "owner.py").write_text(POOL_OWNER)
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "owner.py"),
+            str(tmp_path / "stand_in.py"),
+            str(tmp_path / "w"),
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    try:
+        pids: dict[str, int] = json.loads(owner.stdout.readline())
+    except ValueError:
+        owner.kill()
+        raise
+    assert sorted(pids) == ["n1", "n2"] and all(_alive(p) for p in pids.values())
+    return owner, pids
+
+
+def test_workers_die_with_a_controller_killed_by_sigkill(tmp_path: Path) -> None:
+    owner, pids = _owner_with_workers(tmp_path)
+    owner.kill()
+    owner.wait()
+    prom.wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=10, what="the workers to exit")
+
+
+def test_workers_that_outlive_their_controller_are_stopped_by_the_next(tmp_path: Path) -> None:
+    from controller.adapters import local
+    from controller.ports import clock
+
+    owner, pids = _owner_with_workers(tmp_path, "stubborn")  # they ignore the parent-death SIGTERM
+    owner.kill()
+    owner.wait()
+    time.sleep(0.5)
+    assert all(_alive(p) for p in pids.values()), "the stand-ins ignore SIGTERM: they outlive the owner"
+    with local.LocalPool(clock=clock.SystemClock(), log_dir=tmp_path / "w", stop_timeout_s=0.5) as pool:
+        assert not any(_alive(p) for p in pids.values()), "leaked: a restart left the old workers running"
+        assert list((tmp_path / "w").glob("*.pid")) == []
+        assert pool.processes() == {}
