@@ -318,8 +318,15 @@ def _health(b: panels.Board) -> None:
         ),
         panels.timeseries(
             "Errors by part",
-            "Failed reads and actions per minute by part (metrics, cluster, capacity, commit, drain...).",
-            [Query(f"sum by (part) (rate({t.ERRORS}[$__rate_interval])) * 60", panels.legend("part"))],
+            "Failed reads and actions per minute by part (metrics, cluster, capacity, commit, drain...), "
+            "and failed ticks by reason (store: the SQLite file).",
+            [
+                Query(f"sum by (part) (rate({t.ERRORS}[$__rate_interval])) * 60", panels.legend("part")),
+                Query(
+                    f"sum by (reason) (rate({t.TICK_FAILURES}[$__rate_interval])) * 60",
+                    panels.legend("reason", suffix="failed ticks"),
+                ),
+            ],
             unit="none",
             width=8,
         ),

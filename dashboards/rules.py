@@ -223,6 +223,20 @@ def workload_alerts() -> Group:
             ),
         ),
         Alert(
+            alert="FaceCompareNoRequestSeries",
+            expr=f"count({ready}) > 0\nunless\ncount({fc.REQUESTS_TOTAL})",
+            for_="10m",
+            severity="warning",
+            component="workload",
+            summary="face-compare replicas are scraped but export no request series",
+            description=(
+                f"Ready replicas are scraped but {fc.REQUESTS_TOTAL} is absent. An absent series is not "
+                "zero: the controller reads the workload's demand as unknown and holds, so idle burst "
+                "nodes keep billing. The workload should export its counters at 0 from start; check its "
+                "version and the scrape's metric relabelling."
+            ),
+        ),
+        Alert(
             alert="FaceCompareQueueBacklogGrowing",
             expr=(f"avg({queue}) > {MAX_BATCH_SIZE}\nand\nderiv(sum({queue})[10m:1m]) > 0"),
             for_="10m",
@@ -310,6 +324,21 @@ def controller_alerts() -> Group:
                 "The leader renews its Lease but its reconcile job stopped: a tick hangs (a Kubernetes or "
                 "Pulumi call without a timeout) or the scheduler died. Read the controller's logs for the "
                 "last tick, then restart the pod (it resumes from its store)."
+            ),
+        ),
+        Alert(
+            alert="GpuburstTickFailures",
+            expr=f"sum by (reason) ({events(t.TICK_FAILURES, window='5m')}) > 0",
+            for_="1m",
+            severity="critical",
+            component="controller",
+            summary="gpuburst ticks fail ({{ $labels.reason }}): {{ $value | humanize }} in 5 minutes",
+            description=(
+                "A tick that fails commits no intent and takes no action, so the controller neither "
+                "launches nor releases. reason=store: the SQLite file was removed, corrupted, made "
+                "read-only or filled its disk; /readyz names the problem and how to recover (a removed "
+                "file is saved as <path>.recovered; `gpuburst store backup` makes copies). "
+                "reason=internal: read the controller's logs for the traceback."
             ),
         ),
         Alert(

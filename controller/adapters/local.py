@@ -14,6 +14,7 @@ drives it and a FakeClock makes boot delays instant in tests.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -133,6 +135,7 @@ class LocalPool:
         self._targets_written: str | None = None
         self._closed = False
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftovers()
         self._write_targets()
 
     # -- Capacity -----------------------------------------------------------------------------------
@@ -326,6 +329,8 @@ class LocalPool:
         worker.log_path = self.log_dir / f"{worker.name}.log"
         logfile: IO[bytes] = worker.log_path.open("ab")
         try:
+            # Its own process group (signals reach what it starts; a Ctrl-C meant for the controller
+            # does not), and on Linux a SIGTERM when the controller dies, even by SIGKILL.
             worker.process = subprocess.Popen(
                 argv,
                 env=env,
@@ -333,7 +338,10 @@ class LocalPool:
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509 (one syscall)
             )
+            self._pidfile(worker).write_text(f"{worker.process.pid} {_start_time(worker.process.pid)}\n")
         except OSError as exc:
             worker.vanished = f"could not start: {exc}"
             self._failures[worker.pool] = f"node {worker.name}: could not start {argv[0]}: {exc}"
@@ -358,11 +366,50 @@ class LocalPool:
     def _reap(self, worker: _Worker) -> None:
         if worker.process is not None and worker.exit_code is None:
             worker.exit_code = worker.process.poll()
+            if worker.exit_code is not None:
+                self._pidfile(worker).unlink(missing_ok=True)
 
     def _signal(self, worker: _Worker, sig: signal.Signals) -> None:
         if worker.process is not None and worker.exit_code is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.process.pid, sig)
+
+    def _pidfile(self, worker: _Worker) -> Path:
+        return self.log_dir / f"{worker.name}.pid"
+
+    def _stop_leftovers(self) -> None:
+        """Stop the workers an earlier controller on this log_dir left running (it was killed, and its
+        workers outlived it: no parent-death signal off Linux, or one ignored). The store still lists
+        their nodes; with no instance behind them they count as vanished and are replaced at most once,
+        so none is leaked and none doubled."""
+        leftovers: list[tuple[int, Path]] = []
+        for pidfile in sorted(self.log_dir.glob("*.pid")):
+            try:
+                pid_text, started = pidfile.read_text().split()
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                pidfile.unlink(missing_ok=True)
+                continue
+            if _start_time(pid) == started:  # the same process, not a recycled pid
+                leftovers.append((pid, pidfile))
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+            else:
+                pidfile.unlink(missing_ok=True)
+        deadline = time.monotonic() + min(self.stop_timeout_s, LEFTOVER_STOP_S)
+        for pid, pidfile in leftovers:
+            while _start_time(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _start_time(pid) is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                killed_by = time.monotonic() + 5.0
+                while _start_time(pid) is not None and time.monotonic() < killed_by:
+                    time.sleep(0.02)
+            pidfile.unlink(missing_ok=True)
+            log.warning(
+                "stopped a worker left by an earlier controller", extra={"pid": pid, "pidfile": str(pidfile)}
+            )
 
     def _probe(self, worker: _Worker) -> bool:
         try:
@@ -402,6 +449,36 @@ class LocalPool:
     def _check_pool(self, pool: str) -> None:
         if pool not in self.pools:
             raise KeyError(f"unknown pool {pool!r} (local pools: {list(self.pools)})")
+
+
+LEFTOVER_STOP_S = 10.0
+"""Real seconds a leftover worker gets to stop on SIGTERM at start before SIGKILL."""
+PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+"""Resolved once here, so the forked child only makes the call."""
+
+
+def _die_with_parent() -> None:
+    """In the forked child, before exec: SIGTERM when the parent dies; if it already has, exit.
+
+    Linux ties the signal to the thread that forked: the scheduler's worker threads live as long as the
+    controller, and `_stop_leftovers` covers whatever still outlives it.
+    """
+    assert _PRCTL is not None
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), None when it is gone or a zombie;
+    with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else fields[19]
 
 
 def _free_port(host: str) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 from controller import ports
 from controller.core import model
 from controller.ports import clock, fakes
-from controller.runtime import reconciler, store
+from controller.runtime import errors, reconciler, store
 
 TICK_S = 15.0
 
@@ -160,7 +160,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=["memory", "sqlite"],
         help="memory, sqlite or both (comma-separated)",
     )
-    p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the figures here")
+    p.add_argument(
+        "--json", dest="json_out", type=errors.output_path, default=None, help="write the figures here"
+    )
     p.set_defaults(func=main)
 
 

@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "controller.sim.evaluate",
     "controller.runtime.policy_file",
     "controller.app.live",
+    "controller.app.store_admin",
     "controller.app.demo",
     "controller.app.bench_tick",
 )
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except errors.UserError as exc:
         print(f"gpuburst: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A file or port the user named (an output that filled the disk, a path gone mid-run).
+        if exc.filename is None:
+            raise
+        print(f"gpuburst: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

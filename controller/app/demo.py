@@ -476,5 +476,7 @@ def register(sub: Any) -> None:
     d.add_argument(
         "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
     )
-    d.add_argument("--json", dest="json_out", type=Path, default=None, help="write a summary here")
+    d.add_argument(
+        "--json", dest="json_out", type=errors.output_path, default=None, help="write a summary here"
+    )
     d.set_defaults(func=main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -75,6 +76,7 @@ class Controller:
         if address is None:
             return None
         host, port = address
+        _check_listen(host, port, where=f"{self.loaded.source}: api.listen")
         self.server = api.Server(api.create_app(self.api_context()), host=host, port=port).start()
         return self.server
 
@@ -180,6 +182,8 @@ def build(
             tel=tel,
             scheduler=scheduler,
         )
+        checks["store"] = db.health
+        checks["last_tick"] = lambda: j.last_failure
         if elector is None:
             tel.set_leader(not dry_run)
     except BaseException:
@@ -268,6 +272,19 @@ def _adapters(
                 renew_deadline_s=le.renew_deadline_s,
             )
     return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local)
+
+
+def _check_listen(host: str, port: int, *, where: str) -> None:
+    """A UserError now, rather than uvicorn's failure in its thread, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise errors.UserError(
+            f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc} (another process has it?)"
+        ) from None
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:
@@ -361,6 +378,7 @@ def _refresh_all(capacities: Iterable[pulumi_stack.PulumiCapacity]) -> list[pulu
 def run(args: argparse.Namespace) -> int:
     loaded = config_mod.load(args.config)
     logs.configure(loaded.config.log_level)
+    loaded.api_token()  # an unset token_env is a config error, even for --once
     ctl = build(loaded, dry_run=args.dry_run)
     try:
         if args.once:

@@ -5,6 +5,8 @@ The CLI prints a UserError as that one line and exits 2.
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +26,33 @@ def read_yaml(path: Path, *, what: str) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
+
+
+def output_path(value: str) -> Path:
+    """An argparse `type` for files a command writes: checked before the run, not after it.
+
+    The path must not be a directory and its nearest existing ancestor must be a writable directory
+    (commands create missing parents).
+    """
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: is a directory, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{path}: not writable")
+        return path
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path}: cannot create it: {parent} is not a writable directory")
+    return path
 
 
 def validated(model: type[M], data: Any, *, where: object, what: str) -> M:

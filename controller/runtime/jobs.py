@@ -15,6 +15,7 @@ report, so they too run on the leader only.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,9 +26,14 @@ from apscheduler.schedulers import base as aps_base
 
 from controller import ports
 from controller.core import model
-from controller.runtime import logs, reconciler, telemetry
+from controller.runtime import logs, reconciler, store, telemetry
 
 log = logs.get("jobs")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The `reason` label of a failed tick: `store` (SQLite or the store file), else `internal`."""
+    return "store" if isinstance(exc, (sqlite3.Error, store.StoreError)) else "internal"
 
 
 class Elector(Protocol):
@@ -78,6 +84,8 @@ class Jobs:
         self.elector = elector
         self.telemetry = tel
         self.scheduler = scheduler if scheduler is not None else aps_background.BackgroundScheduler()
+        self.last_failure: str | None = None
+        """Why the latest tick failed; None after a tick that completed (a readiness check)."""
         self.ticks = 0
         self._was_leader: bool | None = None
         self._ticking = threading.Lock()
@@ -111,9 +119,18 @@ class Jobs:
         try:
             with self._ticking:
                 report = self.rec.tick()
-        except Exception:  # the store or an observer failed: log, and the next tick tries again
-            log.exception("tick failed")
+        except Exception as exc:  # the store or an observer failed: log, and the next tick tries again
+            reason = failure_reason(exc)
+            log.exception("tick failed", extra={"reason": reason})
+            self.last_failure = f"{reason}: {exc}"
+            if self.telemetry is not None:
+                self.telemetry.tick_failed(reason)
             return None
+        # A commit that failed leaves the tick without intent on record (the reconciler did not act).
+        failed_commit = next((e for e in report.errors if e.startswith("commit:")), None)
+        self.last_failure = None if failed_commit is None else f"store: {failed_commit}"
+        if failed_commit is not None and self.telemetry is not None:
+            self.telemetry.tick_failed("store")
         self.ticks += 1
         log.info(
             "tick",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,14 @@ LEDGER_BUCKET_S = 3600.0
 
 
 class StoreError(Exception):
-    """The database cannot be used as it is (newer schema, undecodable state)."""
+    """The database cannot be used as it is (newer schema, undecodable state, file removed)."""
+
+
+RECOVERY = (
+    "to recover: stop the controller, move the file aside, restore the latest "
+    "`gpuburst store backup` copy in its place (or start with no file: the orphan audit finds the "
+    "nodes still running), then start it again"
+)
 
 
 # -- migrations -------------------------------------------------------------------------------------
@@ -178,6 +186,8 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._state_cache: tuple[int, policy.PolicyState] | None = None
+        self._identity: tuple[int, int] | None = None
+        self._saved: str | None = None
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +195,10 @@ class SqliteStore:
                 raise errors.UserError(
                     f"store {self.path}: cannot create its directory: {exc.strerror}"
                 ) from None
-        migrate(self._conn(), where=self.path)
+        conn = self._conn()
+        self._check_integrity(conn)
+        migrate(conn, where=self.path)
+        self._identity = self._file_identity()
 
     # -- connections --------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -194,17 +207,85 @@ class SqliteStore:
             return conn
         try:
             # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
+            # After the first, connections never create the file: one made anew where the store was
+            # removed would be an empty store that looks fine and is silently lost.
+            target, uri = self.path, False
+            if self._identity is not None:
+                if self._file_identity_or_none() != self._identity:
+                    raise StoreError(self.health() or f"store {self.path} changed under the controller")
+                target, uri = f"file:{urllib.parse.quote(self.path)}?mode=rw", True
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+                target, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False, uri=uri
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.Error as exc:
-            raise errors.UserError(f"store {self.path}: cannot open the database: {exc}") from None
+            raise errors.UserError(
+                f"store {self.path}: cannot open the database: {exc}; {RECOVERY}"
+            ) from None
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
         return conn
+
+    # -- integrity, health, backup ----------------------------------------------------------------
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """Refuse to start on a damaged file: every later tick would fail on it, or lose rows silently."""
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows != ["ok"]:
+            raise errors.UserError(
+                f"store {self.path}: integrity check failed ({'; '.join(rows[:3])}); {RECOVERY}"
+            )
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        st = Path(self.path).stat()
+        return (st.st_dev, st.st_ino)
+
+    def health(self) -> str | None:
+        """The store's problem, or None: its file still there (same inode) and a read answered.
+
+        Cheap enough for every readiness probe (a full or read-only file shows as failed ticks). A removed
+        file is saved once, from the connection still open on it, to `<path>.recovered`: nothing is lost.
+        """
+        if self._identity is not None:
+            now = self._file_identity_or_none()
+            if now != self._identity:
+                what = "was removed" if now is None else "was replaced by another file"
+                return f"store {self.path} {what} while the controller ran; {self._save_open_copy()}"
+        try:
+            self._conn().execute("SELECT version FROM controller_state WHERE id = 1").fetchone()
+        except sqlite3.Error as exc:
+            return f"store {self.path}: {exc}; {RECOVERY}"
+        return None
+
+    def _save_open_copy(self) -> str:
+        if self._saved is None:
+            target = f"{self.path}.recovered"
+            try:
+                self.backup(target)
+                self._saved = (
+                    f"its contents are saved in {target}: stop the controller, move that file to "
+                    f"{self.path}, start it again"
+                )
+            except (OSError, sqlite3.Error) as exc:
+                return f"saving its open copy to {target} failed ({exc}); {RECOVERY}"
+        return self._saved
+
+    def backup(self, target: str | Path) -> None:
+        """A consistent copy of the live database at `target` (SQLite's online backup; safe while ticking)."""
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        dest = sqlite3.connect(str(target))
+        try:
+            with self._lock:  # the first connection: still on the file this store opened
+                source = self._conns[0]
+            source.backup(dest)
+        finally:
+            dest.close()
 
     def close(self) -> None:
         """Close every thread's connection (the store is unusable afterwards)."""
@@ -215,7 +296,15 @@ class SqliteStore:
         self._local = threading.local()
 
     def _write(self) -> _Txn:
+        if self._identity is not None and self._file_identity_or_none() != self._identity:
+            raise StoreError(self.health() or f"store {self.path} changed under the controller")
         return _Txn(self._conn(), "BEGIN IMMEDIATE")
+
+    def _file_identity_or_none(self) -> tuple[int, int] | None:
+        try:
+            return self._file_identity()
+        except FileNotFoundError:
+            return None
 
     def _read(self) -> _Txn:
         return _Txn(self._conn(), "BEGIN")
@@ -432,7 +521,10 @@ class _Txn:
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite already rolled back on a full disk or an I/O error
+            self.conn.execute("ROLLBACK")
 
 
 _NODES_SELECT = "SELECT name, pool, status, since, requested_at, ready_at, reason FROM nodes ORDER BY name"

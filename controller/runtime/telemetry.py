@@ -33,6 +33,9 @@ TARGET_NODES = "gpuburst_target_nodes"
 """Gauge {pool}: active nodes wanted."""
 NODES = "gpuburst_nodes"
 """Gauge {pool, status}: node records per lifecycle status (released excluded)."""
+TICK_FAILURES = "gpuburst_tick_failures_total"
+"""Counter {reason}: ticks that raised before completing (`store`: the SQLite file; `internal`)."""
+TICK_FAILURE_REASONS = ("store", "internal")
 DECISIONS = "gpuburst_decisions_total"
 """Counter {action, reason}: one per tick; `reason` is the one that shaped it (see REASONS)."""
 TRANSITIONS = "gpuburst_node_transitions_total"
@@ -149,6 +152,11 @@ class Telemetry:
         self.last_tick = prometheus_client.Gauge(LAST_TICK, "Controller time of the last tick", registry=r)
         self.synced = prometheus_client.Gauge(SYNCED, "1 when the last tick read everything", registry=r)
         self.errors = prometheus_client.Counter(ERRORS, "Failed reads and actions", ["part"], registry=r)
+        self.tick_failures = prometheus_client.Counter(
+            TICK_FAILURES, "Ticks that did not complete", ["reason"], registry=r
+        )
+        for why in TICK_FAILURE_REASONS:  # 0 from the start: a rate() over it needs a first sample
+            self.tick_failures.labels(reason=why)
         self.leader = prometheus_client.Gauge(LEADER, "1 while this replica holds the Lease", registry=r)
         self.orphans = prometheus_client.Gauge(
             ORPHANS, "Orphan nodes found by the audit", ["kind"], registry=r
@@ -218,6 +226,9 @@ class Telemetry:
 
     def apply_finished(self, pool: str, *, duration_s: float, ok: bool) -> None:
         self.apply_duration.labels(pool, "succeeded" if ok else "failed").observe(duration_s)
+
+    def tick_failed(self, reason: str) -> None:
+        self.tick_failures.labels(reason=reason).inc()
 
     def set_leader(self, leading: bool) -> None:
         self.leader.set(1 if leading else 0)

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from controller.runtime import policy_file
+from controller.runtime import errors, policy_file
 from controller.sim import engine, plot, policies, report, scenario
 
 
@@ -25,16 +25,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--policies", help=f"comma-separated subset of: {','.join(policies.KNOWN)}")
     p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
-    p.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON")
+    p.add_argument("--json", type=errors.output_path, dest="json_out", help="write the results as JSON")
     p.add_argument("--timeseries", type=Path, help="write one per-second CSV per policy into this folder")
-    p.add_argument("--plot", type=Path, help="write a PNG of demand, capacity, nodes and cost")
+    p.add_argument("--plot", type=errors.output_path, help="write a PNG of demand, capacity, nodes and cost")
     p.set_defaults(func=simulate)
 
     b = sub.add_parser("bench-sim", help="benchmark: simulated seconds per wall second, per policy")
     b.add_argument("--scenario", default="worldcup98")
     b.add_argument("--policies", help="comma-separated subset (default: all)")
     b.add_argument("--repeat", type=int, default=3)
-    b.add_argument("--json", type=Path, dest="json_out")
+    b.add_argument("--json", type=errors.output_path, dest="json_out")
     b.set_defaults(func=bench)
 
 

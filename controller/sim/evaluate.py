@@ -55,8 +55,12 @@ def register(sub: Any) -> None:
     p.add_argument("--families", help=f"comma-separated subset of: {','.join(families.FAMILIES)}")
     p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: the usable cores)")
-    p.add_argument("--json", type=Path, dest="json_out", help="write the summary and per-scenario rows")
-    p.add_argument("--plot", type=Path, help="write a PNG: median SLO against median cost, per family")
+    p.add_argument(
+        "--json", type=errors.output_path, dest="json_out", help="write the summary and per-scenario rows"
+    )
+    p.add_argument(
+        "--plot", type=errors.output_path, help="write a PNG: median SLO against median cost, per family"
+    )
     p.add_argument("--no-shipped", action="store_true", help="generated scenarios only")
     p.set_defaults(func=evaluate)
 

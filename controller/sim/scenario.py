@@ -220,31 +220,37 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
         f = path.open(newline="")
     except OSError as exc:
         raise errors.UserError(f"{path}: cannot read trace: {exc.strerror}") from None
+    try:
+        with f:
+            return _trace_rows(path, csv.reader(f))
+    except UnicodeDecodeError as exc:
+        raise errors.UserError(f"{path}: the trace is not UTF-8 text (byte {exc.start})") from None
+
+
+def _trace_rows(path: Path, reader: Any) -> tuple[np.ndarray, np.ndarray]:
     times: list[float] = []
     counts: list[float] = []
-    with f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["t_seconds", "requests"]:
-            raise errors.UserError(f"{path}:1: header must be 't_seconds,requests', got {header!r}")
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2:
-                raise errors.UserError(f"{path}:{line}: expected 2 columns, got {len(row)}: {row!r}")
-            try:
-                t, n = float(row[0]), float(row[1])
-            except ValueError:
-                raise errors.UserError(f"{path}:{line}: not numbers: {','.join(row)!r}") from None
-            if not (math.isfinite(t) and math.isfinite(n)):
-                raise errors.UserError(f"{path}:{line}: not a finite number: {','.join(row)!r}")
-            if n < 0:
-                raise errors.UserError(f"{path}:{line}: negative request count {n:g}")
-            if times and t <= times[-1]:
-                raise errors.UserError(f"{path}:{line}: t_seconds {t:g} does not increase")
-            times.append(t)
-            counts.append(n)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header] != ["t_seconds", "requests"]:
+        raise errors.UserError(f"{path}:1: header must be 't_seconds,requests', got {header!r}")
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            raise errors.UserError(f"{path}:{line}: expected 2 columns, got {len(row)}: {row!r}")
+        try:
+            t, n = float(row[0]), float(row[1])
+        except ValueError:
+            raise errors.UserError(f"{path}:{line}: not numbers: {','.join(row)!r}") from None
+        if not (math.isfinite(t) and math.isfinite(n)):
+            raise errors.UserError(f"{path}:{line}: not a finite number: {','.join(row)!r}")
+        if n < 0:
+            raise errors.UserError(f"{path}:{line}: negative request count {n:g}")
+        if times and t <= times[-1]:
+            raise errors.UserError(f"{path}:{line}: t_seconds {t:g} does not increase")
+        times.append(t)
+        counts.append(n)
     if not times:
         raise errors.UserError(f"{path}: the trace has no rows")
     return np.asarray(times), np.asarray(counts)

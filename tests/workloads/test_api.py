@@ -337,3 +337,22 @@ def test_a_full_queue_answers_503_with_retry_after_and_every_accepted_request_is
         assert [a.status_code for a in answers] == [200, 200, 200, 200]
         solo = [held.client.post("/v1/embed", json={"images": [i]}).json()["embeddings"][0] for i in images]
         np.testing.assert_allclose([a.json()["embeddings"][0] for a in answers], solo, atol=1e-5)
+
+
+def test_an_idle_replica_exports_zero_requests_not_nothing() -> None:
+    """Before any request, each route and tier reads 0: absent would read as unknown, and hold."""
+    from workloads.face_compare import batcher
+
+    idle = metrics.WorkloadMetrics(placement="burst", pool="p")
+    families = {f.name: f for f in text_string_to_metric_families(idle.exposition().decode())}
+    requests = {
+        (s.labels["endpoint"], s.labels["tier"]): s.value
+        for s in families["facecompare_requests"].samples
+        if s.name == metrics.REQUESTS_TOTAL
+    }
+    assert set(metrics.SERVED_TIERS) == set(batcher.TIERS)
+    assert requests == {(e, t): 0.0 for e in metrics.SERVED_ENDPOINTS for t in batcher.TIERS}
+    duration = families["facecompare_request_duration_seconds"].samples
+    counts = [s for s in duration if s.name.endswith("_count")]
+    assert counts and all(s.value == 0 for s in counts)
+    assert [s.value for s in families["facecompare_queue_depth"].samples] == [0.0]

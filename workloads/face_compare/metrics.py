@@ -55,6 +55,9 @@ ENDPOINT_IDENTIFY: Final = "identify"
 ENDPOINT_GALLERY_ENROL: Final = "gallery_enrol"
 ENDPOINT_GALLERY_DELETE: Final = "gallery_delete"
 ENDPOINT_GALLERY_LIST: Final = "gallery_list"
+# The inference routes and traffic tiers whose series exist at 0 from start.
+SERVED_ENDPOINTS: Final = (ENDPOINT_EMBED, ENDPOINT_VERIFY, ENDPOINT_IDENTIFY)
+SERVED_TIERS: Final = ("vip", "normal", "free")
 # Tier label of a request whose X-Tier header is not a known tier (bounded cardinality).
 TIER_INVALID: Final = "invalid"
 
@@ -138,6 +141,12 @@ class WorkloadMetrics:
             registry=self.registry,
         ).labels(placement, pool)
         self.ready.set(0)
+        # Every series from the first scrape: an idle replica reads 0 requests per second (the controller
+        # releases idle burst nodes), where an absent series reads "unknown" (and it holds).
+        for endpoint in SERVED_ENDPOINTS:
+            for tier in SERVED_TIERS:
+                self._requests.labels(placement, pool, endpoint, tier, "200")
+                self._duration.labels(placement, pool, endpoint, tier)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this instance's series."""
