@@ -9,7 +9,7 @@ reproduce the cost.
 
 The lagged oracle (`lagged-oracle`) is the same computation with each slot's need shifted boot_s later:
 it knows the true demand as it happens, not before, so a node it launches when demand appears serves
-boot_s later (ready(t) = need(t - boot_s)) and bills from that launch. No policy that reacts to what it
+boot_s later (ready(t) = need(t - boot_s)) and bills from that launch. No contender that reacts to what it
 sees can do better on SLO than this without forecasting, so its attainment says whether an SLO is
 reachable at all on a trace.
 """
@@ -39,7 +39,7 @@ def slot_runs(needed: np.ndarray, k: int, *, boot_s: float) -> list[tuple[int, i
 
 
 def lagged(sc: scenario.Scenario) -> engine.Run:
-    """The informed policy lagged by one boot (see the module docstring)."""
+    """The informed contender lagged by one boot (see the module docstring)."""
     return run(sc, lag=True)
 
 
@@ -92,7 +92,7 @@ def run(sc: scenario.Scenario, *, lag: bool = False) -> engine.Run:
     for a, g_ in zip(sc.arrivals.tolist(), ready.tolist(), strict=True):
         q.step(a, g_ * w.gpu_rps)
     return engine.Run(
-        policy="lagged-oracle" if lag else "oracle",
+        contender="lagged-oracle" if lag else "oracle",
         arrivals=sc.arrivals,
         ready_gpus=ready,
         billed_nodes=billed[:n],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from controller.runtime import policy_file
-from controller.sim import families, oracle, policies, scenario
+from controller.sim import contenders, families, oracle, scenario
 from tests.controller.sim import helpers
 
 POOLS = [
@@ -29,7 +29,7 @@ def test_lagged_oracle_by_hand(tmp_path: Path) -> None:
     sc = helpers.build(tmp_path, _trace(), pools=POOLS)
     lag = oracle.lagged(sc)
     exact = oracle.run(sc)
-    assert lag.policy == "lagged-oracle"
+    assert lag.contender == "lagged-oracle"
     # The same runs, 30 s later: slot 1 serves [130, 330) billed from 100 (its launch), the spike's
     # node serves [530, 531) billed the 60 s minimum from 500; slot 2 serves [130, 230).
     assert lag.cost_usd == pytest.approx((230 + 60) * 0.36 / 3600 + (130 + 60) * 0.72 / 3600)
@@ -58,7 +58,7 @@ def test_lagged_oracle_on_a_generated_ramp(tmp_path: Path, seed: int) -> None:
 
 def test_lagged_oracle_runs_through_the_policy_factory(tmp_path: Path) -> None:
     sc = helpers.build(tmp_path, _trace(), pools=POOLS)
-    assert policies.parse_names("gpuburst,lagged-oracle") == ("gpuburst", "lagged-oracle")
-    assert "lagged-oracle" not in policies.parse_names(None)
-    run = policies.run(sc, "lagged-oracle", burst_policy=policy_file.load())
-    assert run.policy == "lagged-oracle" and run.cost_usd == pytest.approx(oracle.lagged(sc).cost_usd)
+    assert contenders.parse_names("gpuburst,lagged-oracle") == ("gpuburst", "lagged-oracle")
+    assert "lagged-oracle" not in contenders.parse_names(None)
+    run = contenders.run(sc, "lagged-oracle", burst_policy=policy_file.load())
+    assert run.contender == "lagged-oracle" and run.cost_usd == pytest.approx(oracle.lagged(sc).cost_usd)
