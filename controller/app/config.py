@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,20 @@ from controller.core import model, policy
 from controller.runtime import errors, policy_file, reconciler
 from controller.runtime.pool_schema import Name, PoolFields
 
+WORKER_COMMAND: tuple[str, ...] = (
+    sys.executable,
+    "-m",
+    "workloads.face_compare",
+    "serve",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--device",
+    "cpu",
+)
+"""A local pool's default worker: the face-compare workload's `serve` contract on this interpreter. The
+config names it, so the local adapter starts whatever argv it is given."""
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_EXAMPLE = EXAMPLES / "local.yaml"
 
@@ -70,7 +85,7 @@ class LocalAdapterConfig(_Model):
         default=5.0, ge=0, description="simulated node boot before the worker starts"
     )
     worker_command: list[str] | None = pydantic.Field(default=None, min_length=1)
-    """argv template ({host}, {port}, {pool}, {node}); default: the workload's `serve --device cpu`."""
+    """argv template ({host}, {port}, {pool}, {node}); default: WORKER_COMMAND (face-compare on the CPU)."""
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     stop_timeout_s: float = pydantic.Field(default=30.0, gt=0)
     targets_file: Path | None = None
