@@ -274,18 +274,11 @@ def workload_alerts() -> Group:
     return Group("facecompare", rules)
 
 
-def controller_alerts() -> Group:
+def _leadership_alerts() -> list[Alert]:
+    """Exactly one replica leads, and its reconcile job keeps ticking."""
     t = telemetry
-    s = model.NodeStatus
     lead = promql.leader_only
-    events = promql.events
-    failed_applies = events(promql.selector(f"{t.APPLY_DURATION}_count", 'result="failed"'), window="30m")
-    arriving = lead(promql.selector(t.NODES, _status(s.REQUESTED, s.PROVISIONING)))
-    became_ready = events(promql.selector(t.TRANSITIONS, 'status="ready"'), window=PROVISION_WINDOW)
-    failed_nodes = events(promql.selector(t.TRANSITIONS, 'status="failed"'), window="1h")
-    leaving = lead(promql.selector(t.NODES, _status(s.DRAINING, s.RELEASING, s.FAILED)))
-    released = events(promql.selector(t.TRANSITIONS, 'status="released"'), window=RELEASE_WINDOW)
-    rules: list[Record | Alert] = [
+    return [
         Alert(
             alert="GpuburstNoLeader",
             expr=f"(sum({t.LEADER}) or vector(0)) < 1",
@@ -326,6 +319,16 @@ def controller_alerts() -> Group:
                 "last tick, then restart the pod (it resumes from its store)."
             ),
         ),
+    ]
+
+
+def _read_and_apply_alerts() -> list[Alert]:
+    """The controller sees the world (metrics, cluster, stacks) and its actions on it succeed."""
+    t = telemetry
+    lead = promql.leader_only
+    events = promql.events
+    failed_applies = events(promql.selector(f"{t.APPLY_DURATION}_count", 'result="failed"'), window="30m")
+    return [
         Alert(
             alert="GpuburstTickFailures",
             expr=f"sum by (reason) ({events(t.TICK_FAILURES, window='5m')}) > 0",
@@ -399,6 +402,14 @@ def controller_alerts() -> Group:
                 "next tick retries."
             ),
         ),
+    ]
+
+
+def _budget_alerts() -> list[Alert]:
+    """The budget is near or capping scale-up."""
+    t = telemetry
+    lead = promql.leader_only
+    return [
         Alert(
             alert="GpuburstBudgetNearlyExhausted",
             expr=(
@@ -430,6 +441,21 @@ def controller_alerts() -> Group:
                 "reason=budget show how often it binds."
             ),
         ),
+    ]
+
+
+def _node_alerts() -> list[Alert]:
+    """Burst nodes move through their lifecycle: they boot, they leave, and none is orphaned."""
+    t = telemetry
+    s = model.NodeStatus
+    lead = promql.leader_only
+    events = promql.events
+    arriving = lead(promql.selector(t.NODES, _status(s.REQUESTED, s.PROVISIONING)))
+    became_ready = events(promql.selector(t.TRANSITIONS, 'status="ready"'), window=PROVISION_WINDOW)
+    failed_nodes = events(promql.selector(t.TRANSITIONS, 'status="failed"'), window="1h")
+    leaving = lead(promql.selector(t.NODES, _status(s.DRAINING, s.RELEASING, s.FAILED)))
+    released = events(promql.selector(t.TRANSITIONS, 'status="released"'), window=RELEASE_WINDOW)
+    return [
         Alert(
             alert="GpuburstOrphanNodes",
             expr=f"max by (kind) ({lead(t.ORPHANS)}) > 0",
@@ -489,6 +515,15 @@ def controller_alerts() -> Group:
                 "holds them; see the apply failures and the controller's drain errors."
             ),
         ),
+    ]
+
+
+def controller_alerts() -> Group:
+    rules: list[Record | Alert] = [
+        *_leadership_alerts(),
+        *_read_and_apply_alerts(),
+        *_budget_alerts(),
+        *_node_alerts(),
     ]
     return Group("gpuburst-controller", rules)
 

@@ -111,10 +111,36 @@ class GpuPool(pulumi.ComponentResource):
         super().__init__("gpuburst:aws:GpuPool", cfg.pool, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = pool_tags(cfg)
+        security_group = self._security_group(cfg, tags, vpc_id, child)
+        profile = self._instance_profile(cfg, tags, child)
+        launch_template = self._launch_template(cfg, tags, profile, child)
+        instances = self._instances(
+            cfg=cfg,
+            tags=tags,
+            launch_template=launch_template,
+            security_group=security_group,
+            join_command=join_command,
+            subnet_ids=subnet_ids,
+        )
+        # Keyed by node name; Output.all of nothing is a list, hence dict() for an empty pool.
+        self.nodes = pulumi.Output.all(
+            **{node: _node_record(instance) for node, instance in instances.items()}
+        ).apply(dict)
+        self.security_group_id = security_group.id
+        self.launch_template_id = launch_template.id
+        self.register_outputs({"nodes": self.nodes})
+
+    def _security_group(
+        self,
+        cfg: stack_config.PoolConfig,
+        tags: dict[str, str],
+        vpc_id: pulumi.Input[str],
+        child: pulumi.ResourceOptions,
+    ) -> aws.ec2.SecurityGroup:
+        """Traffic with the private cluster and the pool's own nodes; out to the internet for images."""
         name = cfg.pool
         cluster = [str(cidr) for cidr in cfg.cluster_cidrs]
-
-        security_group = aws.ec2.SecurityGroup(
+        return aws.ec2.SecurityGroup(
             f"{name}-nodes",
             vpc_id=vpc_id,
             description="gpuburst burst nodes: traffic to and from the private cluster only",
@@ -151,6 +177,11 @@ class GpuPool(pulumi.ComponentResource):
             tags={**tags, "Name": f"{name}-nodes"},
             opts=child,
         )
+
+    def _instance_profile(
+        self, cfg: stack_config.PoolConfig, tags: dict[str, str], child: pulumi.ResourceOptions
+    ) -> aws.iam.InstanceProfile:
+        name = cfg.pool
         # The node needs no AWS permissions to join a cluster; anything more is granted explicitly.
         role = aws.iam.Role(
             f"{name}-node",
@@ -174,8 +205,17 @@ class GpuPool(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-{arn.rsplit('/', 1)[-1]}", role=role.name, policy_arn=arn, opts=child
             )
-        profile = aws.iam.InstanceProfile(f"{name}-node", role=role.name, tags=tags, opts=child)
+        return aws.iam.InstanceProfile(f"{name}-node", role=role.name, tags=tags, opts=child)
 
+    def _launch_template(
+        self,
+        cfg: stack_config.PoolConfig,
+        tags: dict[str, str],
+        profile: aws.iam.InstanceProfile,
+        child: pulumi.ResourceOptions,
+    ) -> aws.ec2.LaunchTemplate:
+        """The newest AMI of the configured name for the instance type's architecture, booted hardened."""
+        name = cfg.pool
         instance_type = aws.ec2.get_instance_type_output(
             instance_type=cfg.instance_type, opts=pulumi.InvokeOptions(parent=self)
         )
@@ -193,7 +233,7 @@ class GpuPool(pulumi.ComponentResource):
             opts=pulumi.InvokeOptions(parent=self),
         )
         # Hop limit 1 keeps pods (one hop further away) from reading the node role's credentials.
-        launch_template = aws.ec2.LaunchTemplate(
+        return aws.ec2.LaunchTemplate(
             f"{name}-nodes",
             description=f"gpuburst burst nodes of pool {name}",
             image_id=ami.id,
@@ -222,7 +262,19 @@ class GpuPool(pulumi.ComponentResource):
             opts=child,
         )
 
-        instances = {
+    def _instances(
+        self,
+        *,
+        cfg: stack_config.PoolConfig,
+        tags: dict[str, str],
+        launch_template: aws.ec2.LaunchTemplate,
+        security_group: aws.ec2.SecurityGroup,
+        join_command: pulumi.Output[str],
+        subnet_ids: Sequence[pulumi.Input[str]],
+    ) -> dict[str, aws.ec2.Instance]:
+        """One instance per node name, each carrying its own metadata and disk guarantees."""
+        name = cfg.pool
+        return {
             node: aws.ec2.Instance(
                 f"node-{node}",
                 launch_template=aws.ec2.InstanceLaunchTemplateArgs(id=launch_template.id, version="$Default"),
@@ -250,13 +302,6 @@ class GpuPool(pulumi.ComponentResource):
             )
             for node in cfg.nodes
         }
-        # Keyed by node name; Output.all of nothing is a list, hence dict() for an empty pool.
-        self.nodes = pulumi.Output.all(
-            **{node: _node_record(instance) for node, instance in instances.items()}
-        ).apply(dict)
-        self.security_group_id = security_group.id
-        self.launch_template_id = launch_template.id
-        self.register_outputs({"nodes": self.nodes})
 
 
 def _node_record(instance: aws.ec2.Instance) -> pulumi.Output[dict[str, str]]:

@@ -40,20 +40,7 @@ log = logging.getLogger("gpuburst.local")
 
 IMPORT_ROOT = Path(str(resources.files("controller"))).parent
 """Where the controller package is imported from (a checkout's root, or site-packages): the workers'
-default cwd, so `-m workloads.face_compare` resolves beside it."""
-WORKER_COMMAND: tuple[str, ...] = (
-    sys.executable,
-    "-m",
-    "workloads.face_compare",
-    "serve",
-    "--host",
-    "{host}",
-    "--port",
-    "{port}",
-    "--device",
-    "cpu",
-)
-"""The workload's `serve` contract; `{host}`, `{port}`, `{pool}` and `{node}` are filled in per worker."""
+default cwd, so a worker started as `python -m <package>` finds a package installed beside it."""
 
 
 @dataclass(eq=False)
@@ -89,9 +76,10 @@ class _Worker:
 class LocalPool:
     """Worker processes as the `Capacity` and `Cluster` ports of one or more local pools.
 
-    `command` is the argv template of a worker (default: the workload's `serve` contract); tests pass a
-    small stand-in. `boot_delay_s` is measured on `clock` and simulates a node booting; `stop_timeout_s`
-    (also on `clock`) is how long a SIGTERM may take before SIGKILL.
+    `command` is the argv template of a worker (`{host}`, `{port}`, `{pool}` and `{node}` are filled in
+    per worker): the config names the workload's; tests pass a small stand-in. `boot_delay_s` is measured
+    on `clock` and simulates a node booting; `stop_timeout_s` (also on `clock`) is how long a SIGTERM may
+    take before SIGKILL.
     """
 
     def __init__(
@@ -100,7 +88,7 @@ class LocalPool:
         *,
         clock: ports.Clock,
         boot_delay_s: float = 5.0,
-        command: Sequence[str] = WORKER_COMMAND,
+        command: Sequence[str],
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         targets_file: str | Path | None = None,

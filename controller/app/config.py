@@ -8,8 +8,10 @@ the config file's directory. `examples/local.yaml` and `examples/aws.yaml` docum
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,28 +20,30 @@ import pydantic
 from controller.adapters import prometheus as prometheus_adapter
 from controller.core import model, policy
 from controller.runtime import errors, policy_file, reconciler
+from controller.runtime.pool_schema import Name, PoolFields
 
+WORKER_COMMAND: tuple[str, ...] = (
+    sys.executable,
+    "-m",
+    "workloads.face_compare",
+    "serve",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--device",
+    "cpu",
+)
+"""A local pool's default worker: the face-compare workload's `serve` contract on this interpreter. The
+config names it, so the local adapter starts whatever argv it is given."""
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_EXAMPLE = EXAMPLES / "local.yaml"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 
 
 class _Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-
-def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a DNS label (lowercase letters, digits and '-', at most 63): it becomes "
-            "a Kubernetes label value and part of resource names"
-        )
-    return value
-
-
-Name = Annotated[str, pydantic.AfterValidator(_dns_label)]
 
 
 class WorkloadConfig(_Model):
@@ -81,7 +85,7 @@ class LocalAdapterConfig(_Model):
         default=5.0, ge=0, description="simulated node boot before the worker starts"
     )
     worker_command: list[str] | None = pydantic.Field(default=None, min_length=1)
-    """argv template ({host}, {port}, {pool}, {node}); default: the workload's `serve --device cpu`."""
+    """argv template ({host}, {port}, {pool}, {node}); default: WORKER_COMMAND (face-compare on the CPU)."""
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     stop_timeout_s: float = pydantic.Field(default=30.0, gt=0)
     targets_file: Path | None = None
@@ -93,16 +97,10 @@ class LocalAdapterConfig(_Model):
 AdapterConfig = Annotated[PulumiAdapterConfig | LocalAdapterConfig, pydantic.Field(discriminator="kind")]
 
 
-class PoolConfig(_Model):
-    """A cloud pool (one `PoolSpec`) and the adapter that provides its nodes."""
+class PoolConfig(PoolFields):
+    """A cloud pool (one `PoolSpec`), the nodes it always keeps, and the adapter that provides its nodes."""
 
-    name: Name
-    gpus_per_node: int = pydantic.Field(ge=1)
-    price_per_hour: float = pydantic.Field(ge=0)
-    boot_s: float = pydantic.Field(ge=0, description="typical launch-to-ready time")
-    max_nodes: int = pydantic.Field(ge=0)
     min_nodes: int = pydantic.Field(default=0, ge=0)
-    spot: bool = False
     adapter: AdapterConfig
 
     @pydantic.model_validator(mode="after")
@@ -112,15 +110,7 @@ class PoolConfig(_Model):
         return self
 
     def spec(self) -> model.PoolSpec:
-        return model.PoolSpec(
-            self.name,
-            gpus_per_node=self.gpus_per_node,
-            price_per_hour=self.price_per_hour,
-            boot_s=self.boot_s,
-            max_nodes=self.max_nodes,
-            min_nodes=self.min_nodes,
-            spot=self.spot,
-        )
+        return dataclasses.replace(super().spec(), min_nodes=self.min_nodes)
 
 
 class KubernetesConfig(_Model):

@@ -147,7 +147,7 @@ def start_private_worker(ps: Processes, *, targets_dir: Path) -> str:
     port = _free_port()
     argv = [
         part.format(host="127.0.0.1", port=port, pool="private", node="private")
-        for part in local_adapter.WORKER_COMMAND
+        for part in config.WORKER_COMMAND
     ]
     proc = ps.start("private-worker", argv, env={"GPUBURST_PLACEMENT": "private", "GPUBURST_POOL": "private"})
     url = f"http://127.0.0.1:{port}"

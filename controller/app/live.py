@@ -112,7 +112,6 @@ def build(
     `pulumi_command` and `metrics` let tests put a scripted CLI or a fake source in; the rest is built
     exactly as in production.
     """
-    cfg = loaded.config
     clock = clock or clock_mod.SystemClock()
     setup = loaded.setup()
     closers: list[Callable[[], None]] = []
@@ -128,18 +127,11 @@ def build(
         )
         checks: dict[str, Callable[[], str | None]] = {}
         if metrics is None:
-            source = prometheus_adapter.PrometheusSource(cfg.prometheus_adapter_config())
-            closers.append(source.close)
-            checks["prometheus"] = lambda: _prometheus_problem(source)
-            metrics = source
+            metrics = _prometheus(loaded.config, checks=checks, closers=closers)
         metered = telemetry.MeteredMetricSource(metrics, tel)
-
         parts = _adapters(
             loaded, clock=clock, tel=tel, command=pulumi_command, dry_run=dry_run, closers=closers
         )
-        cluster, capacity, elector = parts.cluster, parts.capacity, parts.elector
-        pulumi, local = parts.pulumi, parts.local
-
         observers: list[Callable[[model.TickReport], None]] = [tel.observe]
         if not dry_run:
             observers.append(_safely(db.record_report, "audit of the tick's actions"))
@@ -147,44 +139,16 @@ def build(
             setup,
             clock=clock,
             metrics=metered,
-            cluster=cluster,
-            capacity=capacity,
+            cluster=parts.cluster,
+            capacity=parts.capacity,
             store=db,
             observers=observers,
             dry_run=dry_run,
         )
-        audit = orphans.OrphanAudit(
-            [p.name for p in setup.pools],
-            cluster=cluster,
-            capacity=capacity,
-            store=db,
-            clock=clock,
-            telemetry=tel,
-            grace_s=cfg.jobs.orphan_grace_s or setup.policy.boot_timeout_s,
-            record=None if dry_run else db.record,
-        )
-        j = jobs.Jobs(
-            rec,
-            clock=clock,
-            intervals=jobs.Intervals(
-                tick_s=cfg.tick_interval_s,
-                leader_s=cfg.leader_election.retry_period_s,
-                refresh_s=cfg.jobs.refresh_interval_s,
-                orphan_audit_s=cfg.jobs.orphan_audit_interval_s,
-                retention_s=cfg.jobs.retention_interval_s,
-            ),
-            retention_age_s=cfg.store.retention_days * 86400.0,
-            # A dry run writes nothing: no refresh (it rewrites stack state), no pruning.
-            prune=None if dry_run else (lambda before: db.prune(before=before)),
-            refresh=None if dry_run or not pulumi else (lambda: _refresh_all(pulumi)),
-            audit=audit.run,
-            elector=elector,
-            tel=tel,
-            scheduler=scheduler,
-        )
+        j = _jobs(loaded, rec, parts, db=db, tel=tel, clock=clock, dry_run=dry_run, scheduler=scheduler)
         checks["store"] = db.health
         checks["last_tick"] = lambda: j.last_failure
-        if elector is None:
+        if parts.elector is None:
             tel.set_leader(not dry_run)
     except BaseException:
         for closer in reversed(closers):
@@ -200,15 +164,70 @@ def build(
         store=db,
         telemetry=tel,
         metrics=metered,
-        cluster=cluster,
-        capacity=capacity,
+        cluster=parts.cluster,
+        capacity=parts.capacity,
         reconciler=rec,
         jobs=j,
         checks=checks,
-        elector=elector,
-        pulumi=pulumi,
-        local=local,
+        elector=parts.elector,
+        pulumi=parts.pulumi,
+        local=parts.local,
         closers=closers,
+    )
+
+
+def _prometheus(
+    cfg: config_mod.Config, *, checks: dict[str, Callable[[], str | None]], closers: list[Callable[[], None]]
+) -> prometheus_adapter.PrometheusSource:
+    """The configured Prometheus, with its readiness check and its close registered."""
+    source = prometheus_adapter.PrometheusSource(cfg.prometheus_adapter_config())
+    closers.append(source.close)
+    checks["prometheus"] = lambda: _prometheus_problem(source)
+    return source
+
+
+def _jobs(
+    loaded: config_mod.Loaded,
+    rec: reconciler.Reconciler,
+    parts: _Adapters,
+    *,
+    db: store.SqliteStore,
+    tel: telemetry.Telemetry,
+    clock: ports.Clock,
+    dry_run: bool,
+    scheduler: Any,
+) -> jobs.Jobs:
+    """The scheduled work around the tick: leader election, stack refresh, orphan audit, retention."""
+    cfg, setup = loaded.config, rec.setup
+    audit = orphans.OrphanAudit(
+        [p.name for p in setup.pools],
+        cluster=parts.cluster,
+        capacity=parts.capacity,
+        store=db,
+        clock=clock,
+        telemetry=tel,
+        grace_s=cfg.jobs.orphan_grace_s or setup.policy.boot_timeout_s,
+        record=None if dry_run else db.record,
+    )
+    pulumi = parts.pulumi
+    return jobs.Jobs(
+        rec,
+        clock=clock,
+        intervals=jobs.Intervals(
+            tick_s=cfg.tick_interval_s,
+            leader_s=cfg.leader_election.retry_period_s,
+            refresh_s=cfg.jobs.refresh_interval_s,
+            orphan_audit_s=cfg.jobs.orphan_audit_interval_s,
+            retention_s=cfg.jobs.retention_interval_s,
+        ),
+        retention_age_s=cfg.store.retention_days * 86400.0,
+        # A dry run writes nothing: no refresh (it rewrites stack state), no pruning.
+        prune=None if dry_run else (lambda before: db.prune(before=before)),
+        refresh=None if dry_run or not pulumi else (lambda: _refresh_all(pulumi)),
+        audit=audit.run,
+        elector=parts.elector,
+        tel=tel,
+        scheduler=scheduler,
     )
 
 
@@ -320,7 +339,7 @@ def _local_pools(loaded: config_mod.Loaded, *, clock: ports.Clock) -> dict[str, 
             names,
             clock=clock,
             boot_delay_s=adapter.boot_delay_s,
-            command=adapter.worker_command or local_adapter.WORKER_COMMAND,
+            command=adapter.worker_command or config_mod.WORKER_COMMAND,
             env=adapter.env,
             targets_file=loaded.path(adapter.targets_file) if adapter.targets_file is not None else None,
             log_dir=loaded.path(adapter.log_dir) if adapter.log_dir is not None else None,

@@ -1,4 +1,4 @@
-"""`gpuburst simulate` and `gpuburst bench-sim`: replay a scenario through the policies."""
+"""`gpuburst simulate` and `gpuburst bench-sim`: replay a scenario through the contenders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from controller.runtime import errors, policy_file
-from controller.sim import engine, plot, policies, report, scenario
+from controller.sim import contenders, engine, plot, report, scenario
 
 
 def register(sub: Any) -> None:
@@ -23,14 +23,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--scenario", required=True, help="a shipped scenario name (e.g. flash-crowd) or a YAML path"
     )
-    p.add_argument("--policies", help=f"comma-separated subset of: {','.join(policies.KNOWN)}")
+    p.add_argument("--policies", help=f"comma-separated subset of: {','.join(contenders.KNOWN)}")
     p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
     p.add_argument("--json", type=errors.output_path, dest="json_out", help="write the results as JSON")
-    p.add_argument("--timeseries", type=Path, help="write one per-second CSV per policy into this folder")
+    p.add_argument("--timeseries", type=Path, help="write one per-second CSV per contender into this folder")
     p.add_argument("--plot", type=errors.output_path, help="write a PNG of demand, capacity, nodes and cost")
     p.set_defaults(func=simulate)
 
-    b = sub.add_parser("bench-sim", help="benchmark: simulated seconds per wall second, per policy")
+    b = sub.add_parser("bench-sim", help="benchmark: simulated seconds per wall second, per contender")
     b.add_argument("--scenario", default="worldcup98")
     b.add_argument("--policies", help="comma-separated subset (default: all)")
     b.add_argument("--repeat", type=int, default=3)
@@ -67,11 +67,11 @@ def run_all(
                 bar.update(t - done[0])
                 done[0] = t
 
-            run = policies.run(sc, name, burst_policy=burst_policy, progress=progress)
+            run = contenders.run(sc, name, burst_policy=burst_policy, progress=progress)
         if name == "oracle":
             oracle_cost = run.cost_usd
         runs.append(run)
-    runs.sort(key=lambda r: names.index(r.policy))
+    runs.sort(key=lambda r: names.index(r.contender))
     if oracle_cost is None and "oracle" not in names:
         from controller.sim import oracle
 
@@ -81,7 +81,7 @@ def run_all(
 
 def simulate(args: argparse.Namespace) -> int:
     sc = scenario.load(args.scenario)
-    names = policies.parse_names(args.policies)
+    names = contenders.parse_names(args.policies)
     runs, oracle_cost = run_all(sc, names, policy_path=args.policy_file)
     doc = report.document(sc, runs, oracle_cost=oracle_cost)
     print(report.table(doc))
@@ -99,15 +99,15 @@ def simulate(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     sc = scenario.load(args.scenario)
-    names = policies.parse_names(args.policies)
+    names = contenders.parse_names(args.policies)
     burst_policy = policy_file.load()
     rows = []
-    print(f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per policy (median)")
+    print(f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per contender (median)")
     for name in names:
         walls = []
         for _ in range(args.repeat):
             start = time.perf_counter()
-            policies.run(sc, name, burst_policy=burst_policy)
+            contenders.run(sc, name, burst_policy=burst_policy)
             walls.append(time.perf_counter() - start)
         wall = statistics.median(walls)
         speed = sc.duration_s / wall

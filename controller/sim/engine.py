@@ -1,7 +1,7 @@
-"""The replay loop: one policy over one scenario, second by second, and what it cost.
+"""The replay loop: one contender over one scenario, second by second, and what it cost.
 
 Each second: the cloud's own events (nodes joining, spot notices, interruptions), a metrics scrape on
-scrape boundaries, the policy when it is due or when the world changed, then one step of the fluid
+scrape boundaries, the contender when it is due or when the world changed, then one step of the fluid
 queue at the capacity that serves in that second.
 """
 
@@ -18,7 +18,7 @@ from controller.ports import fakes
 from controller.sim import scenario, world
 
 
-class SimPolicy(Protocol):
+class Contender(Protocol):
     name: str
     next_wake: float
     needs_concurrency: bool
@@ -34,9 +34,9 @@ class SimPolicy(Protocol):
 
 @dataclass
 class Run:
-    """One policy's replay: the per-second series and the totals the report shows."""
+    """One contender's replay: the per-second series and the totals the report shows."""
 
-    policy: str
+    contender: str
     arrivals: np.ndarray
     ready_gpus: np.ndarray
     billed_nodes: np.ndarray
@@ -69,12 +69,12 @@ Progress = Callable[[int], None]
 
 def run(
     sc: scenario.Scenario,
-    make: Callable[[world.World], SimPolicy],
+    make: Callable[[world.World], Contender],
     *,
     progress: Progress | None = None,
 ) -> Run:
     w = world.World(sc)
-    pol = make(w)
+    contender = make(w)
     n = sc.duration_s
     arrivals = sc.arrivals.tolist()
     ready = [0] * n
@@ -84,7 +84,7 @@ def run(
     clock = w.clock
     view = w.view
     conc = w.concurrency
-    track = pol.needs_concurrency
+    track = contender.needs_concurrency
     scrape = sc.scrape_interval_s
     gpu_rps = sc.workload.gpu_rps
     next_event = infra.next_event_at()
@@ -100,12 +100,12 @@ def run(
             next_event = infra.next_event_at()
         if t % scrape == 0:
             view.scrape(t, backlog=q.backlog, serving_gpus=gpus)
-        if changed or t >= pol.next_wake:
-            pol.wake(t)
+        if changed or t >= contender.next_wake:
+            contender.wake(t)
             next_event = infra.next_event_at()
             dirty = True
         if dirty:
-            gpus = pol.serving_gpus()
+            gpus = contender.serving_gpus()
             capacity = gpus * gpu_rps
             dirty = False
         ready[t] = gpus
@@ -125,7 +125,7 @@ def run(
         prices={p.spec.name: p.spec.price_per_hour for p in sc.pools},
     )
     return Run(
-        policy=pol.name,
+        contender=contender.name,
         arrivals=sc.arrivals,
         ready_gpus=np.asarray(ready, dtype=np.int64),
         billed_nodes=bill.nodes,

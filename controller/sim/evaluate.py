@@ -1,10 +1,10 @@
-"""`gpuburst evaluate`: every policy over a suite of scenarios, summarized per family.
+"""`gpuburst evaluate`: every contender over a suite of scenarios, summarized per family.
 
 The suite is the shipped scenarios plus N generated per family (`families.py`) for one split: train
-seeds to choose policy parameters on, validation seeds to report. Each (scenario, policy) replay is one
+seeds to choose policy parameters on, validation seeds to report. Each (scenario, contender) replay is one
 task for a process pool and goes through `command.run_all` and `report.result`, exactly as `simulate`;
 the oracle of a scenario runs first, since every other cost is reported against it. Per family it
-reports each policy's SLO attainment, cost and launches against the oracle, the lagged oracle's SLO
+reports each contender's SLO attainment, cost and launches against the oracle, the lagged oracle's SLO
 (whether the SLO is reachable at all by reacting), and whether a baseline dominates gpuburst (at least
 as good on SLO and cheaper).
 """
@@ -28,9 +28,9 @@ from typing import Any
 from tqdm import tqdm
 
 from controller.runtime import errors, policy_file
-from controller.sim import command, families, plot, policies, report, scenario
+from controller.sim import command, contenders, families, plot, report, scenario
 
-POLICIES: tuple[str, ...] = (*policies.NAMES, "lagged-oracle")
+CONTENDERS: tuple[str, ...] = (*contenders.NAMES, "lagged-oracle")
 SHIPPED = "shipped"
 ALL = "all"
 
@@ -108,7 +108,7 @@ def _scenario(path: str) -> scenario.Scenario:
 def replay(
     path: str, policy: str, policy_path: str, oracle_cost: float | None
 ) -> tuple[dict[str, Any], float | None]:
-    """One policy over one scenario, as `simulate` runs and reports it (a worker's task)."""
+    """One contender over one scenario, as `simulate` runs and reports it (a worker's task)."""
     runs, cost = command.run_all(
         _scenario(path), (policy,), policy_path=Path(policy_path), quiet=True, oracle_cost=oracle_cost
     )
@@ -118,13 +118,13 @@ def replay(
 def run_suite(
     cases: Sequence[Case], *, policy_path: Path, jobs: int, quiet: bool = False
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per scenario name, per policy: the report's result. Longest scenarios start first."""
+    """Per scenario name, per contender: the report's result. Longest scenarios start first."""
     results: dict[str, dict[str, dict[str, Any]]] = {c.name: {} for c in cases}
-    others = [p for p in POLICIES if p != "oracle"]
+    others = [p for p in CONTENDERS if p != "oracle"]
     ordered = sorted(cases, key=lambda c: -c.duration_s)
     pp = str(policy_path)
     with tqdm(
-        total=len(cases) * len(POLICIES),
+        total=len(cases) * len(CONTENDERS),
         desc="evaluate",
         unit="run",
         file=sys.stderr,
@@ -163,7 +163,7 @@ def dominated_by(results: dict[str, dict[str, Any]]) -> list[str]:
         return []
     return [
         b
-        for b in policies.BASELINES
+        for b in contenders.BASELINES
         if b in results
         and results[b]["slo_attainment"] >= g["slo_attainment"]
         and results[b]["cloud_cost_usd"] < g["cloud_cost_usd"]
@@ -173,15 +173,15 @@ def dominated_by(results: dict[str, dict[str, Any]]) -> list[str]:
 def rows(cases: Sequence[Case], results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for c in cases:
-        by_policy = {p: results[c.name][p] for p in POLICIES if p in results[c.name]}
+        by_contender = {p: results[c.name][p] for p in CONTENDERS if p in results[c.name]}
         out.append(
             {
                 "name": c.name,
                 "family": c.family,
                 "seed": c.seed,
                 "duration_s": c.duration_s,
-                "results": by_policy,
-                "dominated_by": dominated_by(by_policy),
+                "results": by_contender,
+                "dominated_by": dominated_by(by_contender),
             }
         )
     return out
@@ -197,11 +197,11 @@ def _extreme(values: Iterable[float | None], pick: Any) -> float | None:
     return round(pick(v), 6) if v else None
 
 
-def _launch_ratio(row: dict[str, Any], policy: str) -> float | None:
+def _launch_ratio(row: dict[str, Any], contender: str) -> float | None:
     base = row["results"].get("oracle", {}).get("launches")
     if not base:
         return None
-    return float(row["results"][policy]["launches"] / base)
+    return float(row["results"][contender]["launches"] / base)
 
 
 def summarize(scenario_rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -213,15 +213,15 @@ def summarize(scenario_rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, An
         groups[ALL] = list(scenario_rows)
     out = {}
     for family, members in groups.items():
-        per_policy = {}
-        for p in POLICIES:
+        per_contender = {}
+        for p in CONTENDERS:
             have = [r for r in members if p in r["results"]]
             if not have:
                 continue
             slo = [r["results"][p]["slo_attainment"] for r in have]
             cost = [r["results"][p]["cost_vs_oracle"] for r in have]
             launches = [_launch_ratio(r, p) for r in have]
-            per_policy[p] = {
+            per_contender[p] = {
                 "slo_median": _median(slo),
                 "slo_worst": _extreme(slo, min),
                 "cost_vs_oracle_median": _median(cost),
@@ -236,8 +236,8 @@ def summarize(scenario_rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, An
         dominated = sum(1 for r in members if r["dominated_by"])
         out[family] = {
             "scenarios": len(members),
-            "policies": per_policy,
-            "reachable_slo_median": per_policy.get("lagged-oracle", {}).get("slo_median"),
+            "policies": per_contender,
+            "reachable_slo_median": per_contender.get("lagged-oracle", {}).get("slo_median"),
             "gpuburst_dominated": {"dominated": dominated > 0, "scenarios": dominated, "by": by},
         }
     return out
@@ -288,7 +288,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def draw(summary: dict[str, dict[str, Any]], path: Path) -> Path:
-    """One panel per family: each policy's median SLO against its median cost over the oracle's."""
+    """One panel per family: each contender's median SLO against its median cost over the oracle's."""
     import matplotlib.pyplot as plt  # after `plot`, which selects the file-only backend
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
@@ -343,7 +343,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(table(summary))
     simulated = sum(c.duration_s for c in cases)
     print(
-        f"\n{len(cases)} scenarios ({simulated:,} simulated s) x {len(POLICIES)} policies "
+        f"\n{len(cases)} scenarios ({simulated:,} simulated s) x {len(CONTENDERS)} contenders "
         f"in {wall:.0f} s wall on {jobs} process(es); split {args.split}"
     )
     if args.json_out:
@@ -351,7 +351,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "split": args.split,
             "per_family": args.per_family,
             "policy_file": str(args.policy_file),
-            "policies": list(POLICIES),
+            "policies": list(CONTENDERS),
             "families": summary,
             "scenarios": scenario_rows,
         }

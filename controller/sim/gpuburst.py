@@ -1,4 +1,4 @@
-"""The `gpuburst` policy in the simulator: the real Reconciler, ticking on the simulated clock, with
+"""The `gpuburst` contender in the simulator: the real Reconciler, ticking on the simulated clock, with
 the in-package fakes for its ports. What is simulated here is what runs live."""
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ least the billing minimum, at the price of the cheapest pool with room for slot 
 are ignored. Billing that would start before the trace starts at t = 0, so the timeseries columns
 reproduce the cost.
 
-The lagged oracle (`lagged-oracle`) is an informed policy one boot late: it knows the true per-second
+The lagged oracle (`lagged-oracle`) is an informed contender one boot late: it knows the true per-second
 demand as it happens, not before, and a node it launches serves boot_s later and bills from that
 launch. It keeps, for each second, the highest need of the boot before the need could be met
 (ready(t) = max of need over [t - 2 boot_s, t - boot_s]): what it saw within a boot may come back
 before a relaunch could serve. Its attainment says where an SLO is reachable by seeing demand
-perfectly but late; above it, a policy is forecasting.
+perfectly but late; above it, a contender is forecasting.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def slot_runs(needed: np.ndarray, k: int, *, boot_s: float) -> list[tuple[int, i
 
 
 def lagged(sc: scenario.Scenario) -> engine.Run:
-    """The informed policy lagged by one boot (see the module docstring)."""
+    """The informed contender lagged by one boot (see the module docstring)."""
     return run(sc, lag=True)
 
 
@@ -106,7 +106,7 @@ def run(sc: scenario.Scenario, *, lag: bool = False) -> engine.Run:
     for a, g_ in zip(sc.arrivals.tolist(), ready.tolist(), strict=True):
         q.step(a, g_ * w.gpu_rps)
     return engine.Run(
-        policy="lagged-oracle" if lag else "oracle",
+        contender="lagged-oracle" if lag else "oracle",
         arrivals=sc.arrivals,
         ready_gpus=ready,
         billed_nodes=billed[:n],

@@ -1,4 +1,4 @@
-"""A replay as a picture: demand against each policy's serving capacity, cloud nodes, cumulative cost."""
+"""A replay as a picture: demand against each contender's serving capacity, cloud nodes, cumulative cost."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def _bucket(values: np.ndarray, width: int, how: str = "mean") -> np.ndarray:
 def best_baseline(runs: Sequence[engine.Run]) -> str | None:
     """The peer with the highest SLO attainment, the cheaper one on a tie (static-peak and
     private-only are reference points, not peers)."""
-    peers = [r for r in runs if r.policy not in ("gpuburst", "static-peak", "private-only", *REFERENCES)]
+    peers = [r for r in runs if r.contender not in ("gpuburst", "static-peak", "private-only", *REFERENCES)]
     if not peers:
         return None
-    return max(peers, key=lambda r: (round(r.slo_attainment, 4), -r.cost_usd)).policy
+    return max(peers, key=lambda r: (round(r.slo_attainment, 4), -r.cost_usd)).contender
 
 
 def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
@@ -62,10 +62,10 @@ def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
     bold = {"gpuburst", "oracle", best}
     for run in runs:
         # gpuburst, the oracle and the best baseline stand out; the rest stay for context.
-        lw, alpha = (2.0, 1.0) if run.policy in bold else (0.8, 0.35)
-        color = COLORS.get(run.policy)
+        lw, alpha = (2.0, 1.0) if run.contender in bold else (0.8, 0.35)
+        color = COLORS.get(run.contender)
         cap = _bucket(run.ready_gpus * sc.workload.gpu_rps, width, "mean")
-        label = f"{run.policy} (best baseline)" if run.policy == best else run.policy
+        label = f"{run.contender} (best baseline)" if run.contender == best else run.contender
         ax_demand.plot(hours, cap, lw=lw, alpha=alpha, color=color, label=f"{label} capacity")
         nodes = _bucket(run.billed_nodes, width, "mean")
         ax_nodes.plot(hours, nodes, lw=lw, alpha=alpha, color=color, label=label)

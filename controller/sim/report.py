@@ -1,6 +1,6 @@
 """What a replay reports: the terminal table, the JSON document and the per-second timeseries CSVs.
 
-Shapes are fixed by `BASELINES.md`; the timeseries columns are enough to recompute every policy's SLO
+Shapes are fixed by `BASELINES.md`; the timeseries columns are enough to recompute every contender's SLO
 attainment and cost.
 """
 
@@ -23,7 +23,7 @@ def result(run: engine.Run, *, oracle_cost: float | None) -> dict[str, Any]:
     cost = run.cost_usd
     vs_oracle = None if not oracle_cost else round(cost / oracle_cost, 4)
     return {
-        "policy": run.policy,
+        "policy": run.contender,
         "slo_attainment": round(run.slo_attainment, 6),
         "dropped": round(run.dropped),
         "p99_latency_ms": round(run.p99_latency_s * 1000.0, 1),
@@ -57,7 +57,7 @@ def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     out = []
     for run in runs:
-        path = directory / f"{run.policy}.csv"
+        path = directory / f"{run.contender}.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(TIMESERIES_COLUMNS)

@@ -18,7 +18,7 @@ import pydantic
 import yaml
 
 from controller.core import model
-from controller.runtime import errors
+from controller.runtime import errors, pool_schema
 
 DATA = Path(str(resources.files("controller.sim") / "data"))
 """The shipped scenarios and traces, package data of `controller.sim`."""
@@ -50,13 +50,9 @@ class _Private(_Strict):
     gpus: int = pydantic.Field(ge=0)
 
 
-class _Pool(_Strict):
-    name: str = pydantic.Field(min_length=1)
-    gpus_per_node: int = pydantic.Field(ge=1)
-    price_per_hour: float = pydantic.Field(ge=0)
-    boot_s: float = pydantic.Field(ge=0)
-    max_nodes: int = pydantic.Field(ge=0)
-    spot: bool = False
+class _Pool(pool_schema.PoolFields):
+    """A cloud pool and how often its nodes are taken away (spot interruptions)."""
+
     interruptions_per_hour: float = pydantic.Field(0.0, ge=0)
 
 
@@ -184,20 +180,7 @@ def parse(data: Any, *, path: Path) -> Scenario:
         private_gpus=sc.private.gpus,
         timeout_s=sc.service.timeout_s,
     )
-    pools = tuple(
-        Pool(
-            model.PoolSpec(
-                name=p.name,
-                gpus_per_node=p.gpus_per_node,
-                price_per_hour=p.price_per_hour,
-                boot_s=p.boot_s,
-                max_nodes=p.max_nodes,
-                spot=p.spot,
-            ),
-            interruptions_per_hour=p.interruptions_per_hour,
-        )
-        for p in sc.pools
-    )
+    pools = tuple(Pool(p.spec(), interruptions_per_hour=p.interruptions_per_hour) for p in sc.pools)
     return Scenario(
         name=sc.name,
         path=path,

@@ -1,4 +1,4 @@
-"""What every simulated policy shares: the clock, the cloud, the metrics pipeline, spot interruptions.
+"""What every contender in a replay shares: the clock, the cloud, the metrics pipeline, spot interruptions.
 
 Policies differ only in their decisions; they see demand through `MetricsView` (Prometheus-like: samples
 every scrape interval, `rate()` over the rate window) and change capacity only through `FakeInfra`.
@@ -17,7 +17,7 @@ from controller.sim import queue, scenario
 
 
 class MetricsView:
-    """Prometheus as a policy would query it at time t: the newest scrape at or before t."""
+    """Prometheus as a contender would query it at time t: the newest scrape at or before t."""
 
     def __init__(self, arrivals: np.ndarray, *, scrape_s: int, window_s: int) -> None:
         self.cum: list[float] = np.concatenate(([0.0], np.cumsum(arrivals))).tolist()
@@ -59,7 +59,7 @@ class MetricsView:
 def lifetimes(sc: scenario.Scenario) -> Callable[[str, int], float | None]:
     """Seconds until the spot interruption of the n-th node launched in a pool, from the seed.
 
-    Keyed by (seed, pool, n), so the n-th node of a pool meets the same fate under every policy.
+    Keyed by (seed, pool, n), so the n-th node of a pool meets the same fate under every contender.
     """
     rates = {p.spec.name: p.interruptions_per_hour for p in sc.pools if p.spec.spot}
 

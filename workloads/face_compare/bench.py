@@ -38,7 +38,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from workloads.face_compare import metrics, reference_model
-from workloads.face_compare.engine import Engine
+from workloads.face_compare.engine import Engine, EngineInfo
 
 RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 LOAD_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
@@ -378,33 +378,9 @@ def main(args: argparse.Namespace) -> int:
     print("served, max_batch_size=1", file=sys.stderr)
     single = _served(model, args, 1, [round(f * raw[1], 1) for f in fractions])
 
-    within = [s for s in batched if s.within(args.slo_ms)]
-    gpu_rps = max((s.offered_rps for s in within), default=0.0)
-    best = max(batched, key=lambda s: s.served_rps)
-    best_single = max(single, key=lambda s: s.served_rps)
-    at_batch = best.mean_batch_size or 1.0
-    # CPU per request does not depend on what else the host runs; throughput does. On a shared host the
-    # CPU ratio is the steadier measure of what serving costs on top of the model.
-    cpu_ratio = None
-    if best.server_cpu_ms_per_request and best.errors == {}:
-        cpu_ratio = round(interpolate(raw_cpu, at_batch) / best.server_cpu_ms_per_request, 3)
-    macs = reference_model.macs_per_face(model)
     report = {
-        "host": {
-            "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "model": {
-            "path": str(model),
-            "macs_per_face": macs,
-            "gflop_per_face": None if macs is None else round(2 * macs / 1e9, 3),
-            "provider": info.provider,
-            "device": info.device,
-        },
+        "host": _host(load_before),
+        "model": _model_info(model, info),
         "settings": {
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,
@@ -416,16 +392,7 @@ def main(args: argparse.Namespace) -> int:
         "raw_engine_cpu_ms_per_face": {str(k): round(v, 2) for k, v in raw_cpu.items()},
         "served": [asdict(s) for s in batched],
         "served_batch1": [asdict(s) for s in single],
-        "gpu_rps": gpu_rps,
-        "best_served_rps": best.served_rps,
-        "best_served_rps_batch1": best_single.served_rps,
-        "batching_gain": round(best.served_rps / best_single.served_rps, 3)
-        if best_single.served_rps
-        else None,
-        "served_over_raw_at_same_batch": round(best.served_rps / interpolate(raw, at_batch), 3),
-        "raw_cpu_over_served_cpu_at_same_batch": cpu_ratio,
-        "served_over_raw_at_max_batch": round(best.served_rps / raw[args.max_batch_size], 3),
-        "served_batch1_over_raw_batch1": round(best_single.served_rps / raw[1], 3),
+        **_figures(raw, raw_cpu, batched, single, slo_ms=args.slo_ms, max_batch=args.max_batch_size),
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -441,3 +408,58 @@ def main(args: argparse.Namespace) -> int:
     }
     print(json.dumps({"device": info.device, **summary}))
     return 0
+
+
+def _host(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _model_info(model: Path, info: EngineInfo) -> dict[str, Any]:
+    macs = reference_model.macs_per_face(model)
+    return {
+        "path": str(model),
+        "macs_per_face": macs,
+        "gflop_per_face": None if macs is None else round(2 * macs / 1e9, 3),
+        "provider": info.provider,
+        "device": info.device,
+    }
+
+
+def _figures(
+    raw: dict[int, float],
+    raw_cpu: dict[int, float],
+    batched: list[Step],
+    single: list[Step],
+    *,
+    slo_ms: float,
+    max_batch: int,
+) -> dict[str, Any]:
+    """The headline figures: capacity within the SLO, and what batching and serving gain or cost."""
+    within = [s for s in batched if s.within(slo_ms)]
+    best = max(batched, key=lambda s: s.served_rps)
+    best_single = max(single, key=lambda s: s.served_rps)
+    at_batch = best.mean_batch_size or 1.0
+    # CPU per request does not depend on what else the host runs; throughput does. On a shared host the
+    # CPU ratio is the steadier measure of what serving costs on top of the model.
+    cpu_ratio = None
+    if best.server_cpu_ms_per_request and best.errors == {}:
+        cpu_ratio = round(interpolate(raw_cpu, at_batch) / best.server_cpu_ms_per_request, 3)
+    return {
+        "gpu_rps": max((s.offered_rps for s in within), default=0.0),
+        "best_served_rps": best.served_rps,
+        "best_served_rps_batch1": best_single.served_rps,
+        "batching_gain": round(best.served_rps / best_single.served_rps, 3)
+        if best_single.served_rps
+        else None,
+        "served_over_raw_at_same_batch": round(best.served_rps / interpolate(raw, at_batch), 3),
+        "raw_cpu_over_served_cpu_at_same_batch": cpu_ratio,
+        "served_over_raw_at_max_batch": round(best.served_rps / raw[max_batch], 3),
+        "served_batch1_over_raw_batch1": round(best_single.served_rps / raw[1], 3),
+    }

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from controller.adapters import local
+from controller.app import config
 from controller.core import model, policy
 from controller.ports import fakes
 from controller.ports.clock import FakeClock
@@ -406,7 +407,7 @@ def test_the_reconcile_loop_bursts_onto_real_workers_and_releases_them(
 def test_the_real_workload_serves_as_a_local_node_and_drains_on_sigterm(
     make_pool: Callable[..., local.LocalPool], clock: FakeClock
 ) -> None:
-    pool = make_pool(boot_delay_s=0.0, command=local.WORKER_COMMAND)
+    pool = make_pool(boot_delay_s=0.0, command=config.WORKER_COMMAND)
     pool.submit("local", ("n1",))
     proc = pool.processes()["n1"]
     until(lambda: ready(pool, "n1") or proc.poll() is not None, "the workload ready")
@@ -423,7 +424,7 @@ def test_the_real_workload_serves_as_a_local_node_and_drains_on_sigterm(
 
 
 def test_default_command_is_the_workload_serve_contract() -> None:
-    argv = [part.format(host="127.0.0.1", port="8001", pool="p", node="n") for part in local.WORKER_COMMAND]
+    argv = [part.format(host="127.0.0.1", port="8001", pool="p", node="n") for part in config.WORKER_COMMAND]
     assert argv[1:] == [
         "-m", "workloads.face_compare", "serve", "--host", "127.0.0.1", "--port", "8001", "--device", "cpu",
     ]  # fmt: skip

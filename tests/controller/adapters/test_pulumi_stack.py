@@ -183,7 +183,8 @@ def test_no_project_file_is_a_start_up_error_naming_the_directory(tmp_path: Path
 
 
 def test_the_repository_root_is_the_default_project() -> None:
-    assert (pulumi_stack.IMPORT_ROOT / "controller" / "adapters" / "pulumi_stack.py").is_file()
+    assert (pulumi_stack.IMPORT_ROOT / "controller" / "adapters" / "pulumi_stack").is_dir()
+    assert (pulumi_stack.IMPORT_ROOT / "Pulumi.yaml").is_file()
 
 
 # -- apply ------------------------------------------------------------------------------------------

@@ -227,7 +227,10 @@ def test_workers_that_outlive_their_controller_are_stopped_by_the_next(tmp_path:
     owner.wait()
     time.sleep(0.5)
     assert all(_alive(p) for p in pids.values()), "the stand-ins ignore SIGTERM: they outlive the owner"
-    with local.LocalPool(clock=clock.SystemClock(), log_dir=tmp_path / "w", stop_timeout_s=0.5) as pool:
+    # Starting the next pool is what stops the leftovers; it launches none of its own here.
+    with local.LocalPool(
+        clock=clock.SystemClock(), command=("true",), log_dir=tmp_path / "w", stop_timeout_s=0.5
+    ) as pool:
         assert not any(_alive(p) for p in pids.values()), "leaked: a restart left the old workers running"
         assert list((tmp_path / "w").glob("*.pid")) == []
         assert pool.processes() == {}

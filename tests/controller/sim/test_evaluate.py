@@ -72,10 +72,10 @@ def test_evaluate_end_to_end_writes_rows_summary_and_plot(tmp_path: Path) -> Non
     png = tmp_path / "eval.png"
     doc = _run(tmp_path, "--jobs", "1", "--plot", str(png))
     assert png.stat().st_size > 0
-    assert doc["split"] == "validation" and doc["policies"] == list(evaluate.POLICIES)
+    assert doc["split"] == "validation" and doc["policies"] == list(evaluate.CONTENDERS)
     [row] = doc["scenarios"]
     assert (row["name"], row["family"], row["seed"]) == ("bursty-10001", "bursty", 10001)
-    assert list(row["results"]) == list(evaluate.POLICIES)
+    assert list(row["results"]) == list(evaluate.CONTENDERS)
     for r in row["results"].values():
         assert {"slo_attainment", "cloud_cost_usd", "cost_vs_oracle", "launches"} <= set(r)
     assert row["results"]["oracle"]["slo_attainment"] == pytest.approx(1.0)

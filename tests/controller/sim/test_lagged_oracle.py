@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from controller.runtime import policy_file
-from controller.sim import families, oracle, policies, scenario
+from controller.sim import contenders, families, oracle, scenario
 from tests.controller.sim import helpers
 
 POOLS = [
@@ -44,7 +44,7 @@ def test_lagged_oracle_by_hand(tmp_path: Path) -> None:
     sc = helpers.build(tmp_path, _trace(), pools=POOLS)
     lag = oracle.lagged(sc)
     exact = oracle.run(sc)
-    assert lag.policy == "lagged-oracle"
+    assert lag.contender == "lagged-oracle"
     assert np.array_equal(lag.ready_gpus, _expected_ready(sc, 30))
     # The single-second spike at 500 is held for a boot, 30 s after it: too late to serve it.
     assert lag.ready_gpus[530] > lag.ready_gpus[529] and lag.ready_gpus[559] == lag.ready_gpus[530]
@@ -67,7 +67,7 @@ def test_lagged_oracle_on_a_generated_ramp(tmp_path: Path, seed: int) -> None:
 
 def test_lagged_oracle_runs_through_the_policy_factory(tmp_path: Path) -> None:
     sc = helpers.build(tmp_path, _trace(), pools=POOLS)
-    assert policies.parse_names("gpuburst,lagged-oracle") == ("gpuburst", "lagged-oracle")
-    assert "lagged-oracle" not in policies.parse_names(None)
-    run = policies.run(sc, "lagged-oracle", burst_policy=policy_file.load())
-    assert run.policy == "lagged-oracle" and run.cost_usd == pytest.approx(oracle.lagged(sc).cost_usd)
+    assert contenders.parse_names("gpuburst,lagged-oracle") == ("gpuburst", "lagged-oracle")
+    assert "lagged-oracle" not in contenders.parse_names(None)
+    run = contenders.run(sc, "lagged-oracle", burst_policy=policy_file.load())
+    assert run.contender == "lagged-oracle" and run.cost_usd == pytest.approx(oracle.lagged(sc).cost_usd)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.app import cli
-from controller.sim import policies
+from controller.sim import contenders
 from tests.controller.sim import helpers
 
 
@@ -60,7 +60,7 @@ def test_json_shape(simulated: tuple[dict, Path]) -> None:
     doc, tmp = simulated
     assert doc["scenario"] == "test" and doc["duration_s"] == 1200
     assert doc["requests"] == 15 * 900 + 60 * 300
-    assert [r["policy"] for r in doc["results"]] == list(policies.NAMES)
+    assert [r["policy"] for r in doc["results"]] == list(contenders.NAMES)
     keys = {
         "policy",
         "slo_attainment",

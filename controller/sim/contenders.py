@@ -1,4 +1,6 @@
-"""The policies a replay can compare, by the names the CLI and the reports use."""
+"""The contenders a replay compares (gpuburst, the peer autoscalers, the fixed fleets, the oracles), by the
+names the CLI (`--policies`, a fixed flag) and the reports use. A contender is not a burst policy: gpuburst
+is one contender, and it runs the burst policy it is given."""
 
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ def parse_names(text: str | None) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        raise errors.UserError(f"--policies: unknown policy {unknown[0]!r}; known: {', '.join(KNOWN)}")
+        raise errors.UserError(f"--policies: unknown contender {unknown[0]!r}; known: {', '.join(KNOWN)}")
     if not names:
-        raise errors.UserError("--policies: name at least one policy")
+        raise errors.UserError("--policies: name at least one contender")
     return names
 
 
-def factory(name: str, burst_policy: policy.BurstPolicy) -> Callable[[world_mod.World], engine.SimPolicy]:
+def factory(name: str, burst_policy: policy.BurstPolicy) -> Callable[[world_mod.World], engine.Contender]:
     if name == "gpuburst":
         return functools.partial(gpuburst.Gpuburst, burst_policy=burst_policy)
     if name == "skyserve":
@@ -52,7 +54,7 @@ def factory(name: str, burst_policy: policy.BurstPolicy) -> Callable[[world_mod.
         return functools.partial(
             autoscalers.ReplicaBaseline, name, controller=controller, provisioner=provisioner
         )
-    raise errors.UserError(f"unknown policy {name!r}")
+    raise errors.UserError(f"unknown contender {name!r}")
 
 
 def run(
