@@ -41,6 +41,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXTRAS: dict[str, str] = {
+    "controller.sim.command": "sim",
+    "controller.sim.families": "sim",
+    "controller.sim.evaluate": "sim",
+    "controller.app.demo": "workload,sim",
+}
+"""Modules whose command needs an optional extra of the package (the base install is the controller)."""
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
     """The command named on the line: the first word that is not an option."""
     for word in argv:
@@ -57,7 +66,14 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     full = COMMANDS[chosen][0] if chosen else None
     for name, (module, help_line) in COMMANDS.items():
         if module == full:
-            importlib.import_module(module).register(sub)
+            try:
+                importlib.import_module(module).register(sub)
+            except ModuleNotFoundError as exc:
+                if module not in EXTRAS:
+                    raise
+                p.exit(
+                    2, f"gpuburst: error: {name} needs {exc.name}: pip install 'gpuburst[{EXTRAS[module]}]'\n"
+                )
             full = None
         elif chosen is None or COMMANDS[name][0] != COMMANDS[chosen][0]:
             sub.add_parser(name, help=help_line)

@@ -62,3 +62,19 @@ def test_command_table_matches_what_modules_register() -> None:
 def test_a_named_command_gets_its_full_arguments() -> None:
     args = cli.parser(["policy", "validate", "x.yaml"]).parse_args(["policy", "validate", "x.yaml"])
     assert args.file == Path("x.yaml") and callable(args.func)
+
+
+def test_a_command_whose_extra_is_missing_says_which_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['numpy'] = None  # as on a base install without the sim extra\n"
+        "from controller.app import cli\n"
+        "sys.exit(cli.main(['simulate', '--scenario', 'flash-crowd']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "gpuburst: error: simulate needs numpy: pip install 'gpuburst[sim]'"
+
+
+def test_every_module_needing_an_extra_is_a_command_module() -> None:
+    assert set(cli.EXTRAS) <= {m for m, _ in cli.COMMANDS.values()}
