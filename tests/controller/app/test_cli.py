@@ -78,3 +78,19 @@ def test_a_command_whose_extra_is_missing_says_which_extra(capsys: pytest.Captur
 
 def test_every_module_needing_an_extra_is_a_command_module() -> None:
     assert set(cli.EXTRAS) <= {m for m, _ in cli.COMMANDS.values()}
+
+
+def test_the_base_install_commands_import_no_extra() -> None:
+    """`run`, `policy` and `bench-tick` work with none of the sim or workload extras installed."""
+    extras = ("numpy", "matplotlib", "tqdm", "onnx", "onnxruntime", "PIL", "jsonpatch", "h11", "botocore")
+    base = sorted({m for name, (m, _) in cli.COMMANDS.items() if m not in cli.EXTRAS})
+    code = (
+        "import importlib, sys\n"
+        f"for name in {extras!r}:\n"
+        "    sys.modules[name] = None\n"
+        f"for module in {base!r}:\n"
+        "    importlib.import_module(module)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "controller.app.live" in base
