@@ -6,10 +6,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint venv prometheus bench
 
-$(BIN)/.installed: pyproject.toml
+# The exact versions of uv.lock (`uv lock` after editing pyproject.toml's ranges); uv is installed into
+# the venv first. --inexact keeps pip and uv themselves, which the lock does not list.
+$(BIN)/.installed: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --upgrade pip uv
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync -q --locked --inexact --extra dev --python $(BIN)/python
 	touch $@
 
 venv: $(BIN)/.installed

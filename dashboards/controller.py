@@ -348,6 +348,13 @@ def _health(b: panels.Board) -> None:
             "joined) and cluster_not_in_stack (labelled nodes no stack owns).",
             [Query(_lead(t.ORPHANS), panels.legend("kind"))],
             unit="none",
-            width=24,
+            width=16,
+        ),
+        panels.timeseries(
+            "Releases running",
+            "Controller replicas per gpuburst version: two lines during a rollout, one otherwise.",
+            [Query(f"count by (version) ({t.BUILD_INFO})", panels.legend("version"))],
+            unit="none",
+            width=8,
         ),
     )

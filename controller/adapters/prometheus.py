@@ -1,4 +1,4 @@
-"""Workload metrics from Prometheus: the `MetricSource` port over prometheus-api-client.
+"""Workload metrics from Prometheus: the `MetricSource` port over its HTTP API (httpx).
 
 Owns the PromQL that reads the workload metric contract (DESIGN.md section 7) and the rules that turn a
 doubtful answer into "unknown" instead of a number. Per workload, every query is an instant query
@@ -16,30 +16,32 @@ whole workload reads unknown (every value None, with a problem naming the query)
 when every scrape target is down, when no series matches at all, or when the newest sample is older
 than `max_age_s`. A problem makes the view unsynced, so the controller holds rather than acting on a
 guess. Optional values that are missing or NaN are None without a problem.
+
+The client speaks to Prometheus as production setups expose it: a bearer token read from a file at
+each request (so a rotated token is picked up), basic auth, TLS with a private CA and a client
+certificate, extra headers (Mimir/Cortex `X-Scope-OrgID`), and AWS SigV4 for Amazon Managed Prometheus
+(the `aws` extra). A failed query is reported from the HTTP answer itself: its status and the `error`
+field of Prometheus' JSON body.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
 import math
 import re
+import ssl
 import string
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 import pydantic
-import requests
-from prometheus_api_client import exceptions as prom_exceptions
-from prometheus_api_client import prometheus_connect
-from urllib3.util import retry as urllib3_retry
 
 from contract import metrics as contract
 from controller.core import model
+from controller.runtime import errors
 
 log = logging.getLogger("gpuburst.prometheus")
 
@@ -139,8 +141,53 @@ class WorkloadQueries(pydantic.BaseModel):
         return {name: string.Template(getattr(self, name)).substitute(values) for name in DEFAULT_QUERIES}
 
 
+class BasicAuth(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    username: str = pydantic.Field(min_length=1)
+    password_file: pydantic.FilePath = pydantic.Field(description="file holding the password")
+
+
+class TLS(pydantic.BaseModel):
+    """How the server is verified and, for mutual TLS, which certificate the controller shows."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    ca_file: pydantic.FilePath | None = pydantic.Field(default=None, description="CA bundle (PEM)")
+    cert_file: pydantic.FilePath | None = pydantic.Field(default=None, description="client certificate")
+    key_file: pydantic.FilePath | None = pydantic.Field(default=None, description="client certificate's key")
+    insecure_skip_verify: bool = pydantic.Field(
+        default=False, description="accept any server certificate (logged as a warning)"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _pair(self) -> TLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None and self.key_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+class SigV4(pydantic.BaseModel):
+    """AWS Signature V4 (Amazon Managed Prometheus); credentials come from the usual AWS chain."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    region: str = pydantic.Field(min_length=1)
+    service: str = "aps"
+    profile: str | None = None
+
+
 class PrometheusConfig(pydantic.BaseModel):
-    """Where Prometheus is and how each workload is read from it."""
+    """Where Prometheus is, how to authenticate to it, and how each workload is read from it."""
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
@@ -154,6 +201,15 @@ class PrometheusConfig(pydantic.BaseModel):
     max_age_s: float = pydantic.Field(
         default=45.0, gt=0.0, description="newest sample older than this: unknown (about 3 scrape intervals)"
     )
+    bearer_token_file: pydantic.FilePath | None = pydantic.Field(
+        default=None, description="sent as `Authorization: Bearer`; read again at every request"
+    )
+    basic_auth: BasicAuth | None = None
+    sigv4: SigV4 | None = None
+    tls: TLS = pydantic.Field(default_factory=TLS)
+    headers: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="sent with every request, e.g. X-Scope-OrgID for Mimir"
+    )
     workloads: dict[str, WorkloadQueries] = pydantic.Field(default_factory=dict)
     """Per workload name; a workload not listed is selected by `job="<name>"` with default queries."""
 
@@ -163,12 +219,88 @@ class PrometheusConfig(pydantic.BaseModel):
         parsed = urllib.parse.urlsplit(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"{value!r} is not an http(s) URL such as http://prometheus:9090")
-        # prometheus-api-client appends "/api/v1/..." to the URL as given.
+        # Paths are appended to the URL as given ("/api/v1/query"), so a prefix such as /prometheus works.
         return value.rstrip("/")
+
+    @pydantic.model_validator(mode="after")
+    def _one_auth(self) -> PrometheusConfig:
+        chosen = [n for n in ("bearer_token_file", "basic_auth", "sigv4") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of bearer_token_file, basic_auth, sigv4 (got {', '.join(chosen)})")
+        return self
 
     def queries(self, workload: str) -> WorkloadQueries:
         found = self.workloads.get(workload)
         return found if found is not None else WorkloadQueries(selector=f'job="{workload}"')
+
+    def auth(self) -> httpx.Auth | None:
+        if self.bearer_token_file is not None:
+            return _BearerFile(str(self.bearer_token_file))
+        if self.basic_auth is not None:
+            password = self.basic_auth.password_file.read_text().strip()
+            return httpx.BasicAuth(self.basic_auth.username, password)
+        if self.sigv4 is not None:
+            return _SigV4Auth(self.sigv4)
+        return None
+
+    def client(self) -> httpx.Client:
+        """An HTTP client with this config's auth, TLS and headers; retries only refused connections."""
+        if self.tls.insecure_skip_verify:
+            log.warning(
+                "prometheus TLS certificate not verified (insecure_skip_verify)", extra={"url": self.url}
+            )
+        verify = self.tls.context() if self.url.startswith("https:") else True
+        return httpx.Client(
+            base_url=self.url,
+            auth=self.auth(),
+            headers=self.headers,
+            timeout=self.timeout_s,
+            transport=httpx.HTTPTransport(verify=verify, retries=self.retries),
+        )
+
+
+class _BearerFile(httpx.Auth):
+    """`Authorization: Bearer <file contents>`, the file read at each request as Prometheus itself does."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with open(self.path) as f:
+            request.headers["Authorization"] = f"Bearer {f.read().strip()}"
+        yield request
+
+
+class _SigV4Auth(httpx.Auth):
+    """AWS SigV4 signing by botocore (the `aws` extra), credentials from the default chain."""
+
+    def __init__(self, config: SigV4) -> None:
+        try:
+            from botocore import auth as aws_auth
+            from botocore import awsrequest, session
+        except ImportError as exc:
+            raise errors.UserError("prometheus.sigv4 needs botocore: pip install 'gpuburst[aws]'") from exc
+        self._credentials = session.Session(profile=config.profile).get_credentials()
+        if self._credentials is None:
+            raise errors.UserError(
+                "prometheus.sigv4: no AWS credentials found (environment, profile or role)"
+            )
+        self._sign = aws_auth.SigV4Auth
+        self._request = awsrequest.AWSRequest
+        self.config = config
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        aws = self._request(
+            method=request.method,
+            url=str(request.url),
+            data=request.content,
+            headers={"host": request.url.netloc.decode()},
+        )
+        self._sign(
+            self._credentials.get_frozen_credentials(), self.config.service, self.config.region
+        ).add_auth(aws)
+        request.headers.update(dict(aws.headers))
+        yield request
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,22 +324,15 @@ class _UnreachableError(_QueryError):
 class PrometheusSource:
     """The MetricSource port on a real Prometheus (see the module docstring for what reads unknown)."""
 
-    def __init__(
-        self, config: PrometheusConfig, *, connect: prometheus_connect.PrometheusConnect | None = None
-    ) -> None:
+    def __init__(self, config: PrometheusConfig) -> None:
         self.config = config
-        # No back-off and no retry on HTTP status: a tick must not stall, and the next tick asks again.
-        retry = urllib3_retry.Retry(total=config.retries, read=0, backoff_factor=0)
-        self._prom = connect or prometheus_connect.PrometheusConnect(
-            url=config.url,
-            retry=retry,
-            timeout=config.timeout_s,  # type: ignore[arg-type]  # hinted int, any float works
-        )
+        # No back-off and no retry on an HTTP status: a tick must not stall, and the next tick asks again.
+        self._http = config.client()
         self.sample_age_s: dict[str, float | None] = {}
         """Per workload: the age of its newest sample at the last read (None: unknown), for telemetry."""
 
     def close(self) -> None:
-        self._prom.close()
+        self._http.close()
 
     # -- the port -----------------------------------------------------------------------------------
     def read(
@@ -300,32 +425,29 @@ class PrometheusSource:
     def _query(self, name: str, promql: str, *, at: float) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant query evaluated at `at`."""
         try:
-            result = self._prom.custom_query(promql, params={"time": at})
-        except (requests.ConnectionError, requests.Timeout) as exc:
+            response = self._http.get("/api/v1/query", params={"query": promql, "time": at})
+        except httpx.TransportError as exc:
             raise _UnreachableError(
-                f"{name} query failed: prometheus at {self.config.url} unreachable: "
-                f"{_transport_error(exc)} [{promql}]"
+                f"{name} query failed: prometheus at {self.config.url} unreachable: {_short(exc)} [{promql}]"
             ) from exc
-        except prom_exceptions.PrometheusApiClientException as exc:
-            raise _QueryError(f"{name} query failed: {_api_error(exc)} [{promql}]") from exc
-        except requests.RequestException as exc:
-            raise _QueryError(f"{name} query failed: {_short(exc)} [{promql}]") from exc
+        if response.status_code != 200:
+            raise _QueryError(f"{name} query failed: {_http_error(response)} [{promql}]")
         try:
-            return _samples(result)
+            return _samples(response.json()["data"]["result"])
         except (TypeError, ValueError, KeyError, IndexError) as exc:
-            raise _QueryError(f"{name} query: unexpected answer {_short(result)} [{promql}]") from exc
+            raise _QueryError(f"{name} query: unexpected answer {_short(response.text)} [{promql}]") from exc
 
     # -- readiness ----------------------------------------------------------------------------------
     def health(self) -> Health:
         """Is Prometheus up and done replaying its WAL (`/-/ready`), and which version it runs."""
         try:
-            with httpx.Client(base_url=self.config.url, timeout=self.config.timeout_s) as http:
-                ready = http.get("/-/ready").status_code == 200
-                info = http.get("/api/v1/status/buildinfo")
-                version = info.json()["data"]["version"] if info.status_code == 200 else None
+            ready = self._http.get("/-/ready")
+            info = self._http.get("/api/v1/status/buildinfo")
+            version = info.json()["data"]["version"] if info.status_code == 200 else None
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             return Health(reachable=False, ready=False, error=_short(exc))
-        return Health(reachable=True, ready=ready, version=version)
+        error = "" if ready.status_code == 200 else _http_error(ready)
+        return Health(reachable=True, ready=ready.status_code == 200, version=version, error=error)
 
 
 def _samples(result: Any) -> list[tuple[dict[str, str], float]]:
@@ -336,23 +458,13 @@ def _samples(result: Any) -> list[tuple[dict[str, str], float]]:
     return [(dict(series["metric"]), float(series["value"][1])) for series in result]
 
 
-def _transport_error(exc: Exception) -> str:
-    """What urllib3 says went wrong (refused, timed out), without the URL-encoded query around it."""
-    cause = exc.args[0] if exc.args else exc
-    return _short(getattr(cause, "reason", cause))
-
-
-def _api_error(exc: Exception) -> str:
-    """Prometheus' own error text out of the client's "HTTP Status Code 400 (b'{...}')" message."""
-    text = str(exc)
-    found = re.fullmatch(r"HTTP Status Code (\d+) \((b'.*'|b\".*\")\)", text, flags=re.DOTALL)
-    if found is None:
-        return _short(text)
+def _http_error(response: httpx.Response) -> str:
+    """`HTTP 400: <Prometheus' error>` from the answer's JSON body, else its first bytes of text."""
     try:
-        error = json.loads(ast.literal_eval(found.group(2)))["error"]
-    except (ValueError, SyntaxError, TypeError, KeyError):
-        return _short(text)
-    return f"HTTP {found.group(1)}: {_short(error)}"
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        error = response.text.strip() or response.reason_phrase
+    return f"HTTP {response.status_code}: {_short(error)}"
 
 
 def _unknown(problem: str) -> model.WorkloadMetrics:

@@ -1,4 +1,4 @@
-"""The controller's own Prometheus metrics (DESIGN.md section 7) and their names.
+"""The controller's own Prometheus metrics and their names (base units: seconds, requests per second).
 
 `Telemetry.observe` is a reconciler observer: each TickReport sets demand, targets, node counts, cost
 burn, decisions and tick duration. The adapters feed the rest through hooks: `MeteredMetricSource`
@@ -12,6 +12,7 @@ Dashboards and alert rules refer to the names below; a renamed metric breaks the
 from __future__ import annotations
 
 import math
+import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import prometheus_client
@@ -23,9 +24,11 @@ from controller.runtime import logs
 
 log = logs.get("telemetry")
 
-DEMAND_RPS = "gpuburst_demand_rps"
+BUILD_INFO = "gpuburst_build_info"
+"""Gauge {version, python}: always 1; joins any series to the release that produced it."""
+DEMAND_RPS = "gpuburst_demand_requests_per_second"
 """Gauge {workload}: requests per second observed at the last synced tick."""
-FORECAST_RPS = "gpuburst_forecast_rps"
+FORECAST_RPS = "gpuburst_forecast_requests_per_second"
 """Gauge {workload}: the demand the decision planned for."""
 TARGET_GPUS = "gpuburst_target_gpus"
 """Gauge {workload}: GPUs wanted, private included."""
@@ -80,6 +83,16 @@ _TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 _APPLY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 
 
+def version() -> str:
+    """The installed gpuburst's version; `unknown` when running from a tree that was never installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("gpuburst")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def reason(decision: model.Decision) -> str:
     """The bounded reason label of a decision: its typed cause (the free-text reasons stay in the store)."""
     return decision.cause.value
@@ -107,6 +120,9 @@ class Telemetry:
         self.workloads = [w.name for w in workloads]
         self._budget = budget
         r = self.registry
+        prometheus_client.Gauge(
+            BUILD_INFO, "The running gpuburst release (always 1)", ["version", "python"], registry=r
+        ).labels(version(), platform.python_version()).set(1)
         self.demand = prometheus_client.Gauge(
             DEMAND_RPS, "Observed requests per second", ["workload"], registry=r
         )
