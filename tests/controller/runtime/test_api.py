@@ -318,3 +318,16 @@ def test_policy_get_validate_and_reload_keep_the_running_policy_on_error(h: Harn
     (row,) = h.http.get("/v1/audit", params={"action": "policy_reload"}).json()["items"]
     assert row["actor"] == "admin" and row["detail"] == "budget_usd_per_hour"
     assert json.loads(row["after"])["budget_usd_per_hour"] == 7.5
+
+
+def test_a_cap_counts_only_nodes_that_are_not_leaving(h: Harness) -> None:
+    h.world.metrics.set("face", 80.0)  # 3 spot nodes
+    report = h.world.run(600)
+    assert report.nodes["spot"].get("ready") == 3
+    launched = set(h.world.infra.instances)
+    assert h.http.put("/v1/overrides", json={"max_nodes": {"spot": 1, "ondemand": 0}}).status_code == 200
+    for _ in range(40):  # 10 minutes: the two cut nodes drain and leave
+        report = h.tick(15)
+        assert report.decision.target_nodes["spot"] == 1, report.decision.reasons
+    assert report.nodes["spot"] == {"ready": 1}
+    assert set(h.world.infra.instances) < launched, "the kept node is one of the three; nothing relaunched"
