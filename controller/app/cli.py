@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "controller.app.live",
     "controller.app.demo",
     "controller.app.bench_tick",
+    "controller.app.client",
 )
 
 
