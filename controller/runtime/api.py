@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses, security
 from starlette import exceptions as starlette_exceptions
+from starlette import routing
 
 from controller import ports
 from controller.core import model, policy
@@ -78,6 +79,11 @@ class _Out(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes 3.0; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
+
+
 class OverridesIn(_Out):
     """An operator's overrides; each only tightens what the config allows."""
 
@@ -87,15 +93,27 @@ class OverridesIn(_Out):
     budget_usd_per_hour: float | None = pydantic.Field(
         None, ge=0, le=1e6, allow_inf_nan=False, description="lowers the policy budget"
     )
-    max_nodes: dict[
-        Annotated[str, pydantic.Field(min_length=1, max_length=63)],
-        Annotated[int, pydantic.Field(ge=0, le=100_000)],
-    ] = pydantic.Field(
-        default_factory=dict,
-        max_length=100,
-        description="per pool: lowers max_nodes, up to the pool's configured cap (0 releases the pool)",
+    max_nodes: Any = pydantic.Field(
+        None, description="per pool: lowers max_nodes, up to the pool's configured cap (0 releases the pool)"
     )
     reason: str = pydantic.Field("", max_length=500)
+
+
+def _overrides_model(pools: Mapping[str, int]) -> type[OverridesIn]:
+    """OverridesIn with `max_nodes` spelled per pool, each bounded by its configured cap, so the
+    OpenAPI schema itself says which pools exist and how far each may go."""
+    fields: dict[str, Any] = {
+        f"pool_{i}": (
+            Annotated[int, pydantic.BeforeValidator(_integral), pydantic.Field(ge=0, le=cap)] | None,
+            pydantic.Field(None, alias=name),
+        )
+        for i, (name, cap) in enumerate(sorted(pools.items()))
+    }
+    config = pydantic.ConfigDict(extra="forbid", strict=True)
+    caps = pydantic.create_model("MaxNodesIn", __config__=config, **fields)
+    return pydantic.create_model(
+        "OverridesIn", __base__=OverridesIn, max_nodes=(caps, pydantic.Field(default_factory=caps))
+    )
 
 
 class OverridesOut(_Out):
@@ -191,6 +209,24 @@ class PolicyOut(_Out):
     applied: bool
 
 
+class Problem(pydantic.BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": Problem, "content": {PROBLEM: {}}} for c in codes}
+
+
+# Every /v1 route can answer these.
+V1_ERRORS = _problems(400, 401, 403, 413, 422, 429)
+
+
 class Reconciled(_Out):
     ticked: bool
     report: dict[str, Any] | None
@@ -230,7 +266,17 @@ def _install_errors(app: fastapi.FastAPI) -> None:
 
     @app.exception_handler(starlette_exceptions.HTTPException)
     async def _http(request: fastapi.Request, exc: starlette_exceptions.HTTPException) -> Any:
-        return _problem(exc.status_code, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # one path, several routes: Allow names every route's methods
+            allowed = {
+                m
+                for route in request.app.routes
+                if isinstance(route, routing.Route)
+                and route.matches(request.scope)[0] is not routing.Match.NONE
+                for m in (route.methods or ())
+            }
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return _problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(errors.UserError)
     async def _user(request: fastapi.Request, exc: errors.UserError) -> Any:
@@ -326,6 +372,14 @@ def _overrides_out(ov: ports.Overrides) -> OverridesOut:
 
 
 Limit = Annotated[int, fastapi.Query(ge=1, le=1000)]
+Since = Annotated[
+    str | None,
+    fastapi.Query(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$",
+        json_schema_extra={"format": "date-time"},
+        description="ISO-8601 with a zone, e.g. 2026-01-31T12:00:00Z",
+    ),
+]
 Cursor = Annotated[str | None, fastapi.Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of a page")]
 
 
@@ -383,7 +437,7 @@ def _reads_router(ctx: Context) -> fastapi.APIRouter:
         return Page[Decision](items=items, next_cursor=_next(rows, limit))
 
     @r.get("/ledger")
-    def ledger(since: dt.datetime | None = None) -> Ledger:
+    def ledger(since: Since = None) -> Ledger:
         totals = ctx.store.ledger()
         hourly = ctx.store.ledger_hourly(since=None if since is None else _epoch(since))
         return Ledger(
@@ -412,7 +466,7 @@ def _audit_router(ctx: Context) -> fastapi.APIRouter:
         action: Annotated[str | None, fastapi.Query(max_length=64)] = None,
         actor: Annotated[str | None, fastapi.Query(max_length=100)] = None,
         target: Annotated[str | None, fastapi.Query(max_length=253)] = None,
-        since: dt.datetime | None = None,
+        since: Since = None,
     ) -> Page[AuditEntry]:
         rows = ctx.store.audit(
             limit=limit, kind=action, actor=actor, target=target,
@@ -444,30 +498,24 @@ def _overrides_router(ctx: Context) -> fastapi.APIRouter:
     operator = fastapi.Depends(_caller(ctx, auth.Role.OPERATOR))
     r = fastapi.APIRouter(prefix="/v1", tags=["operations"], dependencies=[operator])
 
-    @r.put("/overrides")
     def put_overrides(body: OverridesIn, request: fastapi.Request) -> OverridesOut:
-        unknown = sorted(set(body.max_nodes) - set(ctx.pools))
-        if unknown:
-            raise fastapi.HTTPException(
-                422, f"max_nodes: unknown pool(s) {unknown}; the pools are {sorted(ctx.pools)}"
-            )
-        over = {p: n for p, n in sorted(body.max_nodes.items()) if n > ctx.pools[p]}
-        if over:
-            caps = {p: ctx.pools[p] for p in over}
-            raise fastapi.HTTPException(422, f"max_nodes: {over} exceed the configured cap(s) {caps}")
+        caps = body.max_nodes.model_dump(by_alias=True, exclude_none=True)
         ov = ports.Overrides(
-            hold=body.hold,
-            budget_usd_per_hour=body.budget_usd_per_hour,
-            max_nodes=dict(body.max_nodes),
-            reason=body.reason,
+            hold=body.hold, budget_usd_per_hour=body.budget_usd_per_hour, max_nodes=caps, reason=body.reason
         )
         return _set_overrides(ctx, request, ov)
+
+    # The body's schema names this controller's pools (resolved here: the annotations are strings).
+    put_overrides.__annotations__.update(
+        {"body": _overrides_model(ctx.pools), "request": fastapi.Request, "return": OverridesOut}
+    )
+    r.put("/overrides")(put_overrides)
 
     @r.delete("/overrides")
     def clear_overrides(request: fastapi.Request) -> OverridesOut:
         return _set_overrides(ctx, request, ports.Overrides())
 
-    @r.post("/reconcile")
+    @r.post("/reconcile", responses=_problems(503))
     def reconcile(request: fastapi.Request) -> Reconciled:
         if ctx.reconcile_now is None:
             raise fastapi.HTTPException(503, "this controller cannot tick on request")
@@ -502,17 +550,17 @@ def _policy_router(ctx: Context) -> fastapi.APIRouter:
             raise fastapi.HTTPException(503, "this controller serves no policy")
         return ctx.get_policy()
 
-    @r.get("", dependencies=viewer)
+    @r.get("", dependencies=viewer, responses=_problems(503))
     def get_policy() -> PolicyOut:
         return PolicyOut(policy=_policy_dict(running()), changed={}, applied=False)
 
-    @r.post("/validate", dependencies=viewer)
+    @r.post("/validate", dependencies=viewer, responses=_problems(503))
     def validate(body: Annotated[dict[str, Any], fastapi.Body(max_length=200)]) -> PolicyOut:
         """Check a policy (the YAML file's fields, as JSON) and show what it would change."""
         new = policy_file.parse(body, where="request body")
         return PolicyOut(policy=_policy_dict(new), changed=_diff(running(), new), applied=False)
 
-    @r.post("/reload", dependencies=admin)
+    @r.post("/reload", dependencies=admin, responses=_problems(503))
     def reload(request: fastapi.Request) -> PolicyOut:
         """Re-read the policy file; on any error the running policy stays."""
         old = running()
@@ -546,8 +594,11 @@ def _next(rows: list[Any], limit: int) -> str | None:
     return str(rows[-1].id) if len(rows) == limit else None
 
 
-def _epoch(at: dt.datetime) -> float:
-    return (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()
+def _epoch(at: str) -> float:
+    try:
+        return dt.datetime.fromisoformat(at).timestamp()
+    except ValueError as exc:
+        raise fastapi.HTTPException(422, f"query.since: {exc}") from None
 
 
 # -- the app ------------------------------------------------------------------------------------------
@@ -565,7 +616,7 @@ def create_app(ctx: Context, *, max_body_bytes: int = 1 << 20) -> fastapi.FastAP
         return response
 
     for router in (_health_router, _reads_router, _audit_router, _overrides_router, _policy_router):
-        app.include_router(router(ctx))
+        app.include_router(router(ctx), responses=None if router is _health_router else V1_ERRORS)
     # Outermost: refuses an oversized body before any other layer reads it.
     app.add_middleware(auth.BodyLimit, max_bytes=max_body_bytes)
     return app

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -47,6 +48,8 @@ def server() -> Iterator[tuple[api.Server, dict[str, api.Context]]]:
     holder: dict[str, api.Context] = {}
 
     class _Proxy:
+        pools: ClassVar = {p.name: p.max_nodes for p in (fake_world.SPOT, fake_world.ONDEMAND)}
+
         def __getattr__(self, name: str) -> object:
             return getattr(holder["ctx"], name)
 
@@ -161,11 +164,13 @@ def test_a_bad_query_parameter_is_a_clear_422(h: Harness) -> None:
         ({"hold": True, "bogus": 1}, "bogus: unknown field"),
         ({"budget_usd_per_hour": -1}, "budget_usd_per_hour: Input should be greater than or equal to 0"),
         ({"max_nodes": {"spot": -2}}, "max_nodes.spot: Input should be greater than or equal to 0"),
-        ({"max_nodes": {"gpu-moon": 1}}, "max_nodes: unknown pool(s) ['gpu-moon']; the pools are"),
+        ({"max_nodes": {"gpu-moon": 1}}, "max_nodes.gpu-moon: unknown field"),
         ({"hold": "maybe"}, "hold: Input should be a valid boolean"),
         ({"hold": "yes"}, "hold: Input should be a valid boolean"),
         ({"max_nodes": {"spot": 1e20}}, "max_nodes.spot: Input should be a valid integer"),
-        ({"max_nodes": {"spot": 11}}, "max_nodes: {'spot': 11} exceed the configured cap(s) {'spot': 10}"),
+        ({"max_nodes": {"spot": 2.5}}, "max_nodes.spot: Input should be a valid integer"),
+        ({"max_nodes": {"spot": "2"}}, "max_nodes.spot: Input should be a valid integer"),
+        ({"max_nodes": {"spot": 11}}, "max_nodes.spot: Input should be less than or equal to 10"),
         ({"budget_usd_per_hour": "3"}, "budget_usd_per_hour: Input should be a valid number"),
     ],
 )
