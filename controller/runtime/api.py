@@ -104,7 +104,7 @@ def _overrides_model(pools: Mapping[str, int]) -> type[OverridesIn]:
     OpenAPI schema itself says which pools exist and how far each may go."""
     fields: dict[str, Any] = {
         f"pool_{i}": (
-            Annotated[int, pydantic.BeforeValidator(_integral), pydantic.Field(ge=0, le=cap)] | None,
+            Annotated[int, pydantic.Field(ge=0, le=cap), pydantic.BeforeValidator(_integral)] | None,
             pydantic.Field(None, alias=name),
         )
         for i, (name, cap) in enumerate(sorted(pools.items()))
@@ -225,6 +225,12 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # Every /v1 route can answer these.
 V1_ERRORS = _problems(400, 401, 403, 413, 422, 429)
+
+
+class PolicyIn(policy_file.PolicyFile):
+    """A policy file's fields as JSON, strictly typed (`false` is no duration)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Reconciled(_Out):
@@ -555,9 +561,9 @@ def _policy_router(ctx: Context) -> fastapi.APIRouter:
         return PolicyOut(policy=_policy_dict(running()), changed={}, applied=False)
 
     @r.post("/validate", dependencies=viewer, responses=_problems(503))
-    def validate(body: Annotated[dict[str, Any], fastapi.Body(max_length=200)]) -> PolicyOut:
+    def validate(body: PolicyIn) -> PolicyOut:
         """Check a policy (the YAML file's fields, as JSON) and show what it would change."""
-        new = policy_file.parse(body, where="request body")
+        new = policy_file.parse(body.model_dump(exclude_unset=True), where="request body")
         return PolicyOut(policy=_policy_dict(new), changed=_diff(running(), new), applied=False)
 
     @r.post("/reload", dependencies=admin, responses=_problems(503))
