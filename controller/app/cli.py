@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "controller.sim.command",
         "replay a traffic scenario through gpuburst, the baselines and the oracle",
     ),
-    "bench-sim": ("controller.sim.command", "benchmark: simulated seconds per wall second, per policy"),
+    "bench-sim": ("controller.sim.command", "benchmark: simulated seconds per wall second, per contender"),
     "scenarios": ("controller.sim.families", "generate evaluation scenarios from seeded families"),
     "evaluate": (
         "controller.sim.evaluate",
@@ -34,12 +34,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "controller.app.demo",
         "the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
     ),
-    "store": ("controller.app.store_admin", "the controller's store: a consistent backup"),
+    "status": ("controller.app.client", "API: the controller's last tick"),
+    "nodes": ("controller.app.client", "API: burst nodes"),
+    "decisions": ("controller.app.client", "API: latest decisions"),
+    "audit": ("controller.app.client", "API: the audit log"),
+    "override": ("controller.app.client", "API: set (or --clear) the operator's overrides"),
+    "reconcile": ("controller.app.client", "API: tick now"),
+    "token": ("controller.app.client", "admin API tokens"),
+    "store": ("controller.app.store_admin", "the controller's SQLite store"),
     "bench-tick": (
         "controller.app.bench_tick",
         "median cost of one reconcile tick (100 workloads x 10 pools)",
     ),
 }
+
+EXTENSIONS: dict[str, tuple[str, str]] = {"policy": ("controller.app.client", "register_policy")}
+"""Commands another module adds verbs to: (module, its function that takes the subparsers)."""
 
 
 EXTRAS: dict[str, str] = {
@@ -78,6 +88,9 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             full = None
         elif chosen is None or COMMANDS[name][0] != COMMANDS[chosen][0]:
             sub.add_parser(name, help=help_line)
+    if chosen in EXTENSIONS:
+        module, function = EXTENSIONS[chosen]
+        getattr(importlib.import_module(module), function)(sub)
     return p
 
 

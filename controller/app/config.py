@@ -9,7 +9,6 @@ the config file's directory. `examples/local.yaml` and `examples/aws.yaml` docum
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pydantic
 
 from controller.adapters import prometheus as prometheus_adapter
 from controller.core import model, policy
-from controller.runtime import errors, policy_file, reconciler
+from controller.runtime import auth, errors, policy_file, reconciler
 from controller.runtime.pool_schema import Name, PoolFields
 
 WORKER_COMMAND: tuple[str, ...] = (
@@ -163,8 +162,20 @@ class StoreConfig(_Model):
 class ApiConfig(_Model):
     listen: str | None = "127.0.0.1:8080"
     """host:port of the admin API; null turns it off."""
-    token_env: str | None = None
-    """Environment variable holding the bearer token of PUT/DELETE; unset: no check (keep it on loopback)."""
+    tokens_file: Path | None = None
+    """JSON file of named, hashed bearer tokens (`gpuburst token add`; a mounted Kubernetes Secret works);
+    default: `api-tokens.json` next to the store, created at first start with one admin token."""
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    max_body_bytes: int = pydantic.Field(default=1 << 20, ge=1024, le=1 << 30)
+    rate_per_s: float = pydantic.Field(default=20.0, gt=0, description="per token, sustained")
+    rate_burst: int = pydantic.Field(default=40, ge=1, description="per token, at once")
+
+    @pydantic.model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @pydantic.field_validator("listen")
     @classmethod
@@ -272,16 +283,16 @@ class Loaded:
             policy=self.policy,
         )
 
-    def api_token(self) -> str | None:
-        env = self.config.api.token_env
-        if env is None:
-            return None
-        token = os.environ.get(env, "")
-        if not token:
-            raise errors.UserError(
-                f"{self.source}: api.token_env: environment variable {env} is unset or empty"
-            )
-        return token
+    def api_tokens(self) -> auth.Tokens:
+        """The configured token file, or the one created in the store's directory at first start."""
+        configured = self.config.api.tokens_file
+        path = self.path(configured) if configured is not None else auth.first_start(self.store_path.parent)
+        return auth.Tokens.load(path)
+
+    @property
+    def policy_path(self) -> Path:
+        pf = self.config.policy_file
+        return policy_file.DEFAULT if pf is None else self.path(pf)
 
 
 def parse(data: Any, *, source: Path) -> Loaded:

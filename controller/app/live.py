@@ -10,6 +10,7 @@ leader election. `gpuburst demo` (`controller.app.demo`) builds its controller h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import socket
@@ -28,9 +29,9 @@ from controller.adapters import local as local_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.adapters import pulumi_stack, routing
 from controller.app import config as config_mod
-from controller.core import model
+from controller.core import model, policy
 from controller.ports import clock as clock_mod
-from controller.runtime import api, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
+from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
 
 log = logs.get("live")
 
@@ -59,25 +60,38 @@ class Controller:
     server: api.Server | None = None
 
     def api_context(self) -> api.Context:
+        c = self.loaded.config
         return api.Context(
             store=self.store,
             telemetry=self.telemetry,
             clock=self.clock,
-            pools=tuple(p.name for p in self.setup.pools),
-            tick_interval_s=self.loaded.config.tick_interval_s,
+            pools={p.name: p.max_nodes for p in self.setup.pools},
+            tick_interval_s=c.tick_interval_s,
             last_report=lambda: self.reconciler.last_report,
+            tokens=self.loaded.api_tokens(),
             leading=self.jobs.leading,
             checks=self.checks,
-            token=self.loaded.api_token(),
+            limiter=auth.RateLimiter(rate_per_s=c.api.rate_per_s, burst=c.api.rate_burst),
+            reconcile_now=self.jobs.reconcile,
+            get_policy=lambda: self.reconciler.setup.policy,
+            policy_path=self.loaded.policy_path,
+            apply_policy=self.apply_policy,
         )
 
+    def apply_policy(self, new: policy.BurstPolicy) -> None:
+        """The next tick decides with `new` (a reload through the API)."""
+        self.reconciler.setup = dataclasses.replace(self.reconciler.setup, policy=new)
+
     def start_api(self) -> api.Server | None:
-        address = self.loaded.config.api.address()
+        c = self.loaded.config.api
+        address = c.address()
         if address is None:
             return None
         host, port = address
         _check_listen(host, port, where=f"{self.loaded.source}: api.listen")
-        self.server = api.Server(api.create_app(self.api_context()), host=host, port=port).start()
+        app = api.create_app(self.api_context(), max_body_bytes=c.max_body_bytes)
+        cert, key = (self.loaded.path(f) if f else None for f in (c.tls_cert_file, c.tls_key_file))
+        self.server = api.Server(app, host=host, port=port, tls_cert=cert, tls_key=key).start()
         return self.server
 
     def wait_for_applies(self, *, timeout_s: float) -> bool:
@@ -397,7 +411,8 @@ def _refresh_all(capacities: Iterable[pulumi_stack.PulumiCapacity]) -> list[pulu
 def run(args: argparse.Namespace) -> int:
     loaded = config_mod.load(args.config)
     logs.configure(loaded.config.log_level)
-    loaded.api_token()  # an unset token_env is a config error, even for --once
+    if loaded.config.api.tokens_file is not None:
+        loaded.api_tokens()  # a missing or broken token file is a config error, even for --once
     ctl = build(loaded, dry_run=args.dry_run)
     try:
         if args.once:

@@ -22,14 +22,21 @@ class Limited:
     """The most binding limit that changed the target, if any."""
 
 
+def ceiling_of(pool: model.PoolSpec, *, active: int, leaving: int) -> int:
+    """Active nodes a pool may have: leaving nodes count against `max_nodes` for launches, but never
+    push out an active node the cap allows (else a cut to 1 drains all and relaunches one)."""
+    return max(0, pool.max_nodes - leaving, min(active, pool.max_nodes))
+
+
 def enforce(
     target: Mapping[str, int],
     pools: Sequence[model.PoolSpec],
     *,
     leaving: Mapping[str, int],
+    active: Mapping[str, int],
     budget_usd_per_hour: float | None,
 ) -> Limited:
-    """Clamp active-node targets to `[min_nodes, max_nodes - leaving]` per pool and to the budget.
+    """Clamp active-node targets to `[min_nodes, ceiling(...)]` per pool and to the budget.
 
     The budget wins over `min_nodes`: it is a hard cap on spending (configs where they conflict are
     rejected when loaded, so this only matters after a live budget override).
@@ -39,7 +46,7 @@ def enforce(
     out: dict[str, int] = {}
     for pool in pools:
         want = max(0, int(target.get(pool.name, 0)))
-        ceiling = max(0, pool.max_nodes - leaving.get(pool.name, 0))
+        ceiling = ceiling_of(pool, active=active.get(pool.name, 0), leaving=leaving.get(pool.name, 0))
         clamped = min(max(want, pool.min_nodes), ceiling)
         if clamped < want:
             reasons.append(f"{pool.name}: capped at {clamped} nodes (max_nodes {pool.max_nodes})")

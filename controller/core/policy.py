@@ -180,7 +180,12 @@ def decide(
     if kept > wanted:
         reasons.append(f"scale-down stabilization: keeping {kept} burst GPUs until idle for a boot")
     reasons.extend(f"{p}: unavailable (capacity refused), falling back" for p in sorted(inputs.unavailable))
-    room = {p.name: p.max_nodes - inputs.leaving.get(p.name, 0) for p in inputs.pools}
+    room = {
+        p.name: limits.ceiling_of(
+            p, active=inputs.active.get(p.name, 0), leaving=inputs.leaving.get(p.name, 0)
+        )
+        for p in inputs.pools
+    }
     spread = capacity.spread(
         kept + backlog, inputs.pools, active=inputs.active, ready=inputs.ready,
         available={p.name: p.name not in inputs.unavailable for p in inputs.pools}, room=room,
@@ -189,8 +194,9 @@ def decide(
     if short:
         reasons.append(f"max_nodes: the pools hold fewer than the {kept + backlog} burst GPUs wanted")
     limited = limits.enforce(
-        spread, inputs.pools, leaving=inputs.leaving, budget_usd_per_hour=policy.budget_usd_per_hour
-    )
+        spread, inputs.pools, leaving=inputs.leaving, active=inputs.active,
+        budget_usd_per_hour=policy.budget_usd_per_hour,
+    )  # fmt: skip
     reasons.extend(limited.reasons)
     by_name = dict(zip((w.name for w in inputs.workloads), needs, strict=True))
     decision = model.Decision(

@@ -20,7 +20,7 @@ DEFAULT = Path(str(resources.files("policies") / "burst" / "default.yaml"))
 _D = policy.BurstPolicy()
 
 
-class _Policy(pydantic.BaseModel):
+class PolicyFile(pydantic.BaseModel):
     """The file's schema: the BurstPolicy fields with their bounds; defaults come from the code."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -39,7 +39,11 @@ class _Policy(pydantic.BaseModel):
     seasonality: bool = _D.seasonality
     keep_factor: float = pydantic.Field(_D.keep_factor, ge=0)
     backlog_drain_s: float = pydantic.Field(_D.backlog_drain_s, gt=0)
-    burst_tiers: list[str] = pydantic.Field(default_factory=lambda: sorted(_D.burst_tiers), min_length=1)
+    burst_tiers: list[str] = pydantic.Field(
+        default_factory=lambda: sorted(_D.burst_tiers),
+        min_length=1,
+        json_schema_extra={"items": {"enum": list(model.TIERS), "type": "string"}},
+    )
     budget_usd_per_hour: float | None = pydantic.Field(_D.budget_usd_per_hour, ge=0)
     boot_timeout_s: float = pydantic.Field(_D.boot_timeout_s, gt=0)
     drain_timeout_s: float = pydantic.Field(_D.drain_timeout_s, ge=0)
@@ -55,7 +59,7 @@ class _Policy(pydantic.BaseModel):
 
 def parse(data: Any, *, where: str) -> policy.BurstPolicy:
     """A BurstPolicy from already-parsed YAML; errors name `where` and the field."""
-    p = errors.validated(_Policy, {} if data is None else data, where=where, what="a policy")
+    p = errors.validated(PolicyFile, {} if data is None else data, where=where, what="a policy")
     fields = p.model_dump()
     fields["burst_tiers"] = frozenset(p.burst_tiers)
     return policy.BurstPolicy(**fields)

@@ -111,7 +111,22 @@ def _v2_overrides_and_hourly_ledger(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX audit_at ON audit (at)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_initial, _v2_overrides_and_hourly_ledger)
+def _v3_audit_actor(conn: sqlite3.Connection) -> None:
+    """Who did it (token name), what it acted on and the request that did it; audit rows never change."""
+    conn.execute("ALTER TABLE audit ADD COLUMN actor TEXT")
+    conn.execute("ALTER TABLE audit ADD COLUMN target TEXT")
+    conn.execute("ALTER TABLE audit ADD COLUMN request_id TEXT")
+    conn.execute(
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1_initial,
+    _v2_overrides_and_hourly_ledger,
+    _v3_audit_actor,
+)
 """Ordered: migration i+1 takes the schema from version i to i+1. Append only; never edit a shipped one."""
 
 LATEST = len(MIGRATIONS)
@@ -156,6 +171,7 @@ def migrate(conn: sqlite3.Connection, *, target: int = LATEST, where: str = "sto
 # -- the store --------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class DecisionRow:
+    id: int
     version: int
     at: float
     action: str
@@ -174,6 +190,9 @@ class AuditRow:
     before: str | None
     after: str | None
     detail: str
+    actor: str | None = None
+    target: str | None = None
+    request_id: str | None = None
 
 
 class SqliteStore:
@@ -397,23 +416,46 @@ class SqliteStore:
             return ports.Overrides()
         return codec.loads(ports.Overrides, row[0])
 
-    def set_overrides(self, overrides: ports.Overrides, *, at: float, by: str = "") -> None:
-        """Replace the overrides (the next tick applies them) and audit the change.
+    def set_overrides(
+        self, overrides: ports.Overrides, *, at: float, by: str = "", request_id: str | None = None
+    ) -> ports.Overrides:
+        """Replace the overrides (the next tick applies them), audit before and after; returns before.
 
         Not versioned with the tick's intent: the API is the only writer of this row (DESIGN.md
         section 5), so a tick in flight keeps its commit and the next one reads the new values.
         """
         data = _dumps(overrides)
         with self._write() as conn:
+            before = self._overrides(conn)
             conn.execute(
                 "INSERT INTO overrides (id, data, at, by) VALUES (1, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET data = excluded.data, at = excluded.at, by = excluded.by",
                 (data, at, by),
             )
-            conn.execute(
-                "INSERT INTO audit (at, kind, detail) VALUES (?, 'override', ?)",
-                (at, json.dumps({"by": by, "overrides": json.loads(data)})),
-            )
+            _audit_row(
+                conn, at, "override", actor=by, target="overrides", before=_dumps(before), after=data,
+                detail=overrides.reason, request_id=request_id,
+            )  # fmt: skip
+        return before
+
+    def audit_change(
+        self,
+        at: float,
+        action: str,
+        *,
+        actor: str,
+        target: str,
+        before: str | None,
+        after: str | None,
+        detail: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        """One audit row for an operator's change made through the API."""
+        with self._write() as conn:
+            _audit_row(
+                conn, at, action, actor=actor, target=target, before=before, after=after,
+                detail=detail, request_id=request_id,
+            )  # fmt: skip
 
     # -- audit --------------------------------------------------------------------------------------
     def record(
@@ -448,28 +490,43 @@ class SqliteStore:
             rows = _node_rows(conn.execute(_NODES_SELECT))
         return [r for r in rows if include_released or r.status is not model.NodeStatus.RELEASED]
 
-    def decisions(self, *, limit: int = 50) -> list[DecisionRow]:
-        """The latest decisions, newest first."""
+    def decisions(self, *, limit: int = 50, before_id: int | None = None) -> list[DecisionRow]:
+        """Decisions newest first; `before_id` pages on from the last row of the previous page."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT version, at, action, decision, inputs, desired FROM decisions "
-                "ORDER BY id DESC LIMIT ?",
-                (limit,),
+                "SELECT id, version, at, action, decision, inputs, desired FROM decisions "
+                "WHERE ? IS NULL OR id < ? ORDER BY id DESC LIMIT ?",
+                (before_id, before_id, limit),
             ).fetchall()
         return [
-            DecisionRow(v, at, action, json.loads(d), json.loads(i), json.loads(des))
-            for v, at, action, d, i, des in rows
+            DecisionRow(id_, v, at, action, json.loads(d), json.loads(i), json.loads(des))
+            for id_, v, at, action, d, i, des in rows
         ]
 
-    def audit(self, *, limit: int = 100, kind: str | None = None) -> list[AuditRow]:
-        """The latest audit rows, newest first."""
-        sql = "SELECT id, at, kind, node, pool, before, after, detail FROM audit"
-        params: tuple[Any, ...] = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            params = (kind,)
+    def audit(
+        self,
+        *,
+        limit: int = 100,
+        kind: str | None = None,
+        actor: str | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+    ) -> list[AuditRow]:
+        """Audit rows newest first, filtered; `target` matches the row's target, node or pool."""
+        sql = (
+            "SELECT id, at, kind, node, pool, before, after, detail, actor, target, request_id FROM audit "
+            "WHERE (:kind IS NULL OR kind = :kind) AND (:actor IS NULL OR actor = :actor) "
+            "AND (:target IS NULL OR :target IN (target, node, pool)) "
+            "AND (:since IS NULL OR at >= :since) AND (:before IS NULL OR id < :before) "
+            "ORDER BY id DESC LIMIT :limit"
+        )
+        params = {
+            "kind": kind, "actor": actor, "target": target, "since": since, "before": before_id,
+            "limit": limit,
+        }  # fmt: skip
         with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return [AuditRow(*row) for row in rows]
 
     def ledger(self) -> dict[str, tuple[float, float]]:
@@ -535,6 +592,25 @@ def _node_rows(rows: Iterable[Sequence[Any]]) -> list[model.NodeRecord]:
         model.NodeRecord(name, pool, model.NodeStatus(status), since, requested_at, ready_at, reason)
         for name, pool, status, since, requested_at, ready_at, reason in rows
     ]
+
+
+def _audit_row(
+    conn: sqlite3.Connection,
+    at: float,
+    kind: str,
+    *,
+    actor: str,
+    target: str,
+    before: str | None,
+    after: str | None,
+    detail: str,
+    request_id: str | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (at, kind, actor, target, before, after, detail, request_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (at, kind, actor, target, before, after, detail, request_id),
+    )
 
 
 def _dumps(value: object) -> str:

@@ -83,13 +83,11 @@ def test_an_unwritable_json_path_is_refused_before_the_run(
     assert str(target) in err[-1] and "Traceback" not in "".join(err)
 
 
-def test_once_refuses_an_unset_token_env(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("GPUBURST_TEST_TOKEN", raising=False)
-    path = _local_config(tmp_path, listen="127.0.0.1:0", token_env="GPUBURST_TEST_TOKEN")
+def test_once_refuses_a_missing_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "tokens.json"
+    path = _local_config(tmp_path, listen="127.0.0.1:0", tokens_file=str(missing))
     err = _one_line_error(capsys, ["run", "--config", str(path), "--once"])
-    assert "api.token_env" in err and "GPUBURST_TEST_TOKEN" in err
+    assert str(missing) in err and "cannot read the API token file" in err
 
 
 def test_an_admin_port_in_use_names_the_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

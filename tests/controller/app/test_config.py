@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import yaml
 
 from controller.app import config
 from controller.core import model
-from controller.runtime import errors
+from controller.runtime import auth, errors
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -173,10 +174,29 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
         config.load(bad)
 
 
-def test_the_api_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = _load(tmp_path, _minimal(api={"listen": "127.0.0.1:0", "token_env": "GB_TOKEN"}))
-    monkeypatch.delenv("GB_TOKEN", raising=False)
-    with pytest.raises(errors.UserError, match=r"api\.token_env: environment variable GB_TOKEN is unset"):
-        loaded.api_token()
-    monkeypatch.setenv("GB_TOKEN", "t0k")
-    assert loaded.api_token() == "t0k"
+def test_first_start_creates_one_admin_token_stored_hashed(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, _minimal(api={"listen": "127.0.0.1:0"}, store={"path": "state/g.db"}))
+    tokens = loaded.api_tokens()
+    secret = tmp_path / "state" / "admin-token"
+    token = secret.read_text().strip()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state" / "api-tokens.json").stat().st_mode) == 0o600
+    assert token not in (tmp_path / "state" / "api-tokens.json").read_text()
+    assert tokens.check(token) == auth.Principal("admin", auth.Role.ADMIN) and len(tokens) == 1
+    secret.unlink()  # the operator keeps it elsewhere: never written again
+    assert loaded.api_tokens().check(token) is not None and not secret.exists()
+
+
+def test_a_configured_token_file_is_used_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    viewer = auth.add_token(path, "grafana", auth.Role.VIEWER)
+    loaded = _load(tmp_path, _minimal(api={"tokens_file": "tokens.json"}))
+    assert loaded.api_tokens().check(viewer) == auth.Principal("grafana", auth.Role.VIEWER)
+    assert not (tmp_path / "admin-token").exists()
+    with pytest.raises(errors.UserError, match="a token named 'grafana' exists already"):
+        auth.add_token(path, "grafana", auth.Role.ADMIN)
+    path.write_text('{"tokens": [{"name": "x", "role": "root", "sha256": "00"}]}')
+    with pytest.raises(errors.UserError, match=r"tokens\.json: .*tokens\.0\.role"):
+        loaded.api_tokens()
+    with pytest.raises(errors.UserError, match="tls_cert_file and tls_key_file go together"):
+        _load(tmp_path, _minimal(api={"tls_cert_file": "c.pem"}))

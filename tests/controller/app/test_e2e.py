@@ -249,7 +249,10 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
             # What it cost, from the ledger, and what the API and /metrics say about it.
             seconds, usd = ctl.store.ledger()[POOL]
             assert seconds > 3 * BOOT_S and usd == pytest.approx(seconds * 0.4 / 3600)
-            with httpx.Client(base_url=server.url, timeout=5) as http:
+            token = (ctl.loaded.store_path.parent / "admin-token").read_text().strip()
+            with httpx.Client(
+                base_url=server.url, timeout=5, headers={"Authorization": f"Bearer {token}"}
+            ) as http:
                 status = http.get("/v1/status").json()
                 assert status["report"]["synced"] is True
                 assert http.get("/v1/ledger").json()["pools"][POOL]["usd"] == pytest.approx(usd)

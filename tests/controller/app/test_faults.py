@@ -138,7 +138,10 @@ def test_a_removed_store_turns_readiness_off_within_two_ticks_and_loses_nothing(
 ) -> None:
     db = tmp_path / "state" / "store.db"
     assert _tick_failures(controller, "store") == 0
-    before = httpx.get(f"{controller.url}/v1/status").json()["store_version"]
+    # No token configured: the controller made an admin token at first start, beside its store.
+    token = (db.parent / "admin-token").read_text().strip()
+    status = httpx.get(f"{controller.url}/v1/status", headers={"Authorization": f"Bearer {token}"})
+    before = status.json()["store_version"]
     db.unlink()
     removed = time.monotonic()
     prom.wait_until(lambda: not controller.ready(), timeout=2 * TICK_S, what="/readyz to fail")

@@ -237,11 +237,15 @@ def test_the_controller_process_serves_its_api_and_stops_on_sigterm(tmp_path: Pa
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        prom.wait_until(lambda: _get(f"{url}/v1/status"), timeout=60, what="the controller's API")
-        prom.wait_until(
-            lambda: (_get(f"{url}/v1/status") or {}).get("store_version", 0) >= 2, what="two ticks"
+        prom.wait_until(lambda: _get(f"{url}/healthz"), timeout=60, what="the controller's API")
+        assert httpx.get(f"{url}/v1/status").status_code == 401, (
+            "no credential configured: still no anonymous call"
         )
-        status = _get(f"{url}/v1/status")
+        token = (tmp_path / "admin-token").read_text().strip()
+        prom.wait_until(
+            lambda: (_get(f"{url}/v1/status", token) or {}).get("store_version", 0) >= 2, what="two ticks"
+        )
+        status = _get(f"{url}/v1/status", token)
         assert status is not None and status["leader"] is True
         assert status["report"]["decision"]["action"] == "hold", "Prometheus is down: unknown, never zero"
         ready = httpx.get(f"{url}/readyz").json()
@@ -256,13 +260,15 @@ def test_the_controller_process_serves_its_api_and_stops_on_sigterm(tmp_path: Pa
     _, err = proc.communicate()
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "controller running" for entry in lines), err[-2000:]
+    (created,) = [entry for entry in lines if entry["msg"].startswith("no API token configured")]
+    assert created["token_file"] == str(tmp_path / "admin-token")
     assert any(entry["msg"] == "stopping" and entry.get("signal") == "SIGTERM" for entry in lines)
     assert all("level" in entry and "ts" in entry for entry in lines)
 
 
-def _get(url: str) -> dict[str, Any] | None:
+def _get(url: str, token: str = "") -> dict[str, Any] | None:
     try:
-        r = httpx.get(url, timeout=1.0)
+        r = httpx.get(url, timeout=1.0, headers={"Authorization": f"Bearer {token}"} if token else None)
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None

@@ -3,9 +3,11 @@ and the SQLite store: reads, readiness, and overrides that the next tick applies
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -13,8 +15,20 @@ from prometheus_client import parser
 
 from controller import ports
 from controller.core import model
-from controller.runtime import api, telemetry
+from controller.runtime import api, auth, telemetry
 from tests.support import fake_world
+
+TOKENS = {"viewer": "gb_view", "operator": "gb_op", "admin": "gb_admin"}
+
+
+def _tokens() -> auth.Tokens:
+    return auth.Tokens(
+        {auth.digest(t): auth.Principal(name, auth.Role[name.upper()]) for name, t in TOKENS.items()}
+    )
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
 
 
 @dataclass
@@ -34,6 +48,8 @@ def server() -> Iterator[tuple[api.Server, dict[str, api.Context]]]:
     holder: dict[str, api.Context] = {}
 
     class _Proxy:
+        pools: ClassVar = {p.name: p.max_nodes for p in (fake_world.SPOT, fake_world.ONDEMAND)}
+
         def __getattr__(self, name: str) -> object:
             return getattr(holder["ctx"], name)
 
@@ -54,12 +70,14 @@ def h(server: tuple[api.Server, dict[str, api.Context]], tmp_path: Path) -> Iter
         store=w.store,  # type: ignore[arg-type]
         telemetry=tel,
         clock=w.clock,
-        pools=tuple(p.name for p in w.setup.pools),
+        pools={p.name: p.max_nodes for p in w.setup.pools},
         tick_interval_s=15.0,
         last_report=lambda: w.rec.last_report,
+        tokens=_tokens(),
+        reconcile_now=w.rec.tick,
     )
     holder["ctx"] = ctx
-    with httpx.Client(base_url=srv.url, timeout=5.0) as http:
+    with httpx.Client(base_url=srv.url, timeout=5.0, headers=bearer("operator")) as http:
         yield Harness(w, ctx, http)
     w.close()
 
@@ -113,8 +131,12 @@ def test_status_nodes_decisions_and_ledger_reflect_the_ticks(h: Harness) -> None
     nodes = h.http.get("/v1/nodes").json()
     assert len(nodes) == n and {x["pool"] for x in nodes} == {"spot"}
 
-    decisions = h.http.get("/v1/decisions", params={"limit": 2}).json()
+    page = h.http.get("/v1/decisions", params={"limit": 2}).json()
+    decisions = page["items"]
     assert [d["version"] for d in decisions] == [3, 2]
+    older = h.http.get("/v1/decisions", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [d["version"] for d in older["items"]] == [1] and older["next_cursor"] is None
+    assert decisions[0]["at"] == api._utc(report.at).isoformat().replace("+00:00", "Z")
     assert decisions[0]["decision"]["reasons"] == list(report.decision.reasons)
     assert decisions[0]["inputs"]["metrics"]["face"]["rate_rps"] == 100.0
 
@@ -124,14 +146,16 @@ def test_status_nodes_decisions_and_ledger_reflect_the_ticks(h: Harness) -> None
     assert ledger["pools"]["spot"]["node_seconds"] == pytest.approx(billed)
     assert ledger["total_usd"] == pytest.approx(billed * 0.4 / 3600)
 
-    audit = h.http.get("/v1/audit", params={"kind": "transition"}).json()
+    audit = h.http.get("/v1/audit", params={"action": "transition"}).json()["items"]
     assert {a["after"] for a in audit} == {"requested", "provisioning"}
 
 
 def test_a_bad_query_parameter_is_a_clear_422(h: Harness) -> None:
     r = h.http.get("/v1/decisions", params={"limit": 0})
     assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["detail"] == "query.limit: Input should be greater than or equal to 1"
+    assert r.json()["status"] == 422 and r.json()["title"] == "Unprocessable Content"
 
 
 @pytest.mark.parametrize(
@@ -140,8 +164,14 @@ def test_a_bad_query_parameter_is_a_clear_422(h: Harness) -> None:
         ({"hold": True, "bogus": 1}, "bogus: unknown field"),
         ({"budget_usd_per_hour": -1}, "budget_usd_per_hour: Input should be greater than or equal to 0"),
         ({"max_nodes": {"spot": -2}}, "max_nodes.spot: Input should be greater than or equal to 0"),
-        ({"max_nodes": {"gpu-moon": 1}}, "max_nodes: unknown pool(s) ['gpu-moon']; the pools are"),
+        ({"max_nodes": {"gpu-moon": 1}}, "max_nodes.gpu-moon: unknown field"),
         ({"hold": "maybe"}, "hold: Input should be a valid boolean"),
+        ({"hold": "yes"}, "hold: Input should be a valid boolean"),
+        ({"max_nodes": {"spot": 1e20}}, "max_nodes.spot: Input should be a valid integer"),
+        ({"max_nodes": {"spot": 2.5}}, "max_nodes.spot: Input should be a valid integer"),
+        ({"max_nodes": {"spot": "2"}}, "max_nodes.spot: Input should be a valid integer"),
+        ({"max_nodes": {"spot": 11}}, "max_nodes.spot: Input should be less than or equal to 10"),
+        ({"budget_usd_per_hour": "3"}, "budget_usd_per_hour: Input should be a valid number"),
     ],
 )
 def test_bad_overrides_are_refused_with_what_and_where(h: Harness, payload: object, detail: str) -> None:
@@ -169,10 +199,10 @@ def test_a_hold_override_is_persisted_and_holds_the_next_tick(h: Harness) -> Non
 
 def test_max_nodes_and_budget_overrides_only_tighten(h: Harness) -> None:
     h.world.metrics.set("face", 400.0)  # 20 GPUs, 18 burst
-    r = h.http.put("/v1/overrides", json={"max_nodes": {"spot": 2, "ondemand": 50}})
+    r = h.http.put("/v1/overrides", json={"max_nodes": {"spot": 2, "ondemand": 10}})
     assert r.status_code == 200
     report = h.tick()
-    # spot is cut to 2; ondemand stays at its configured max of 10 (50 would loosen it).
+    # spot is cut to 2; ondemand stays at its configured max of 10.
     assert report.decision.target_nodes == {"spot": 2, "ondemand": 10}
 
     h.http.put("/v1/overrides", json={"budget_usd_per_hour": 3.0})
@@ -181,14 +211,127 @@ def test_max_nodes_and_budget_overrides_only_tighten(h: Harness) -> None:
     for _ in range(3):  # the nodes cut by the budget bill until they are gone
         report = h.tick(15)
     assert 0 < report.usd_per_hour <= 3.0 + 1e-9
-    changes = h.http.get("/v1/audit", params={"kind": "override"}).json()
-    assert len(changes) == 2 and "127.0.0.1" in changes[0]["detail"]
+    changes = h.http.get("/v1/audit", params={"action": "override"}).json()["items"]
+    assert len(changes) == 2 and {c["actor"] for c in changes} == {"operator"}
+    assert json.loads(changes[0]["before"])["max_nodes"] == {"spot": 2, "ondemand": 10}
+    assert json.loads(changes[0]["after"])["budget_usd_per_hour"] == 3.0
 
 
-def test_mutations_need_the_token_when_one_is_set(h: Harness) -> None:
-    h.ctx.token = "s3cret"
-    assert h.http.put("/v1/overrides", json={"hold": True}).status_code == 401
-    assert h.http.delete("/v1/overrides", headers={"Authorization": "Bearer nope"}).status_code == 401
-    ok = h.http.put("/v1/overrides", json={"hold": True}, headers={"Authorization": "Bearer s3cret"})
-    assert ok.status_code == 200
-    assert h.http.get("/v1/overrides").json()["hold"] is True  # reads stay open
+def test_no_call_to_v1_is_anonymous_and_roles_gate_changes(h: Harness) -> None:
+    anon = {"Authorization": ""}
+    for method, path in (("GET", "/v1/status"), ("PUT", "/v1/overrides"), ("GET", "/v1/audit")):
+        r = h.http.request(method, path, headers=anon, json={"hold": True} if method == "PUT" else None)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == "application/problem+json"
+    raw = h.http.get("/v1/status", headers={"Authorization": TOKENS["viewer"]})  # no "Bearer "
+    assert raw.status_code == 401
+    wrong = h.http.get("/v1/status", headers={"Authorization": "Bearer gb_nope"})
+    assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert h.http.get("/v1/status", headers=bearer("viewer")).status_code == 200
+    denied = h.http.put("/v1/overrides", json={"hold": True}, headers=bearer("viewer"))
+    assert (
+        denied.status_code == 403 and "'viewer' is a viewer; this needs operator" in denied.json()["detail"]
+    )
+    assert h.http.post("/v1/policy/reload").status_code == 403  # operator
+    assert h.ctx.store.overrides() == ports.Overrides()
+    assert h.http.get("/v1/whoami", headers=bearer("admin")).json() == {"name": "admin", "role": "admin"}
+    assert h.http.get("/healthz", headers=anon).status_code == 200
+    assert h.http.get("/metrics", headers=anon).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(h: Harness) -> None:
+    big = b"x" * (2 << 20)
+    r = h.http.put("/v1/overrides", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(64):
+            yield b"x" * 65536
+
+    r = h.http.put("/v1/overrides", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert h.ctx.store.overrides() == ports.Overrides()
+
+
+def test_each_token_has_its_own_rate_limit(h: Harness) -> None:
+    t = [0.0]
+    h.ctx.limiter = auth.RateLimiter(rate_per_s=1.0, burst=2, now=lambda: t[0])
+    assert [h.http.get("/v1/overrides").status_code for _ in range(3)] == [200, 200, 429]
+    r = h.http.get("/v1/overrides")
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert h.http.get("/v1/overrides", headers=bearer("viewer")).status_code == 200
+    t[0] += 1.0
+    assert h.http.get("/v1/overrides").status_code == 200
+
+
+def test_changes_are_audited_with_actor_request_id_before_and_after(h: Harness) -> None:
+    r = h.http.put(
+        "/v1/overrides", json={"hold": True, "reason": "incident 9"}, headers={"X-Request-ID": "req-42"}
+    )
+    assert r.headers["x-request-id"] == "req-42"
+    h.http.delete("/v1/overrides")
+    (cleared, held) = h.http.get("/v1/audit", params={"actor": "operator", "target": "overrides"}).json()[
+        "items"
+    ]
+    assert held["request_id"] == "req-42" and held["detail"] == "incident 9"
+    assert json.loads(held["before"])["hold"] is False and json.loads(held["after"])["hold"] is True
+    assert cleared["before"] == held["after"] and len(cleared["request_id"]) == 32
+    assert held["at"].endswith("Z")
+    assert h.http.get("/v1/audit", params={"actor": "someone-else"}).json()["items"] == []
+
+
+def test_reconcile_now_ticks_and_is_audited(h: Harness) -> None:
+    h.world.metrics.set("face", 100.0)
+    r = h.http.post("/v1/reconcile")
+    assert r.status_code == 200 and r.json()["ticked"] is True
+    assert r.json()["report"]["decision"]["action"] == "scale_up"
+    assert h.ctx.store.version() == 1
+    (row,) = h.http.get("/v1/audit", params={"action": "reconcile"}).json()["items"]
+    assert row["actor"] == "operator" and row["after"] == "scale_up"
+
+
+def test_policy_get_validate_and_reload_keep_the_running_policy_on_error(h: Harness, tmp_path: Path) -> None:
+    running = [h.world.setup.policy]
+    path = tmp_path / "policy.yaml"
+    h.ctx.get_policy = lambda: running[0]
+    h.ctx.policy_path = path
+    h.ctx.apply_policy = lambda p: running.__setitem__(0, p)
+    admin = bearer("admin")
+    got = h.http.get("/v1/policy").json()
+    assert got["policy"]["boot_timeout_s"] == running[0].boot_timeout_s
+
+    r = h.http.post("/v1/policy/validate", json={"boot_timeout_s": "soon"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "boot_timeout_s: Input should be a valid number"
+    r = h.http.post("/v1/policy/validate", json={"burst_tiers": ["gold"]})
+    assert r.status_code == 422 and "burst_tiers" in r.json()["detail"]
+    ok = h.http.post("/v1/policy/validate", json={"budget_usd_per_hour": 7.5}).json()
+    assert ok["changed"]["budget_usd_per_hour"][1] == 7.5 and ok["applied"] is False
+
+    path.write_text("budget_usd_per_hour: [\n")
+    before = running[0]
+    r = h.http.post("/v1/policy/reload", headers=admin)
+    assert r.status_code == 422 and str(path) in r.json()["detail"]
+    assert running[0] is before
+
+    path.write_text("budget_usd_per_hour: 7.5\n")
+    r = h.http.post("/v1/policy/reload", headers=admin)
+    assert r.status_code == 200 and r.json()["applied"] is True
+    assert running[0].budget_usd_per_hour == 7.5
+    assert set(r.json()["changed"]) == {"budget_usd_per_hour"}
+    (row,) = h.http.get("/v1/audit", params={"action": "policy_reload"}).json()["items"]
+    assert row["actor"] == "admin" and row["detail"] == "budget_usd_per_hour"
+    assert json.loads(row["after"])["budget_usd_per_hour"] == 7.5
+
+
+def test_a_cap_counts_only_nodes_that_are_not_leaving(h: Harness) -> None:
+    h.world.metrics.set("face", 80.0)  # 3 spot nodes
+    report = h.world.run(600)
+    assert report.nodes["spot"].get("ready") == 3
+    launched = set(h.world.infra.instances)
+    assert h.http.put("/v1/overrides", json={"max_nodes": {"spot": 1, "ondemand": 0}}).status_code == 200
+    for _ in range(40):  # 10 minutes: the two cut nodes drain and leave
+        report = h.tick(15)
+        assert report.decision.target_nodes["spot"] == 1, report.decision.reasons
+    assert report.nodes["spot"] == {"ready": 1}
+    assert set(h.world.infra.instances) < launched, "the kept node is one of the three; nothing relaunched"

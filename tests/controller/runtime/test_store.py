@@ -340,24 +340,39 @@ def test_overrides_persist_across_store_objects_and_are_audited(tmp_path: Path) 
     path = tmp_path / "o.db"
     db = store.SqliteStore(path)
     ov = ports.Overrides(hold=True, budget_usd_per_hour=5.0, max_nodes={"spot": 1}, reason="incident 42")
-    db.set_overrides(ov, at=50.0, by="api 127.0.0.1")
+    assert db.set_overrides(ov, at=50.0, by="alice", request_id="r-1") == ports.Overrides()
     db.close()
     db = store.SqliteStore(path)
     try:
         assert db.overrides() == ov
         assert db.load().overrides == ov
-        (row,) = db.audit(kind="override")
-        assert json.loads(row.detail) == {
-            "by": "api 127.0.0.1",
-            "overrides": {
-                "hold": True,
-                "budget_usd_per_hour": 5.0,
-                "max_nodes": {"spot": 1},
-                "reason": "incident 42",
-            },
+        assert db.set_overrides(ports.Overrides(), at=60.0, by="bob") == ov
+        second, first = db.audit(kind="override")
+        assert (first.actor, first.target, first.request_id, first.detail) == (
+            "alice", "overrides", "r-1", "incident 42",
+        )  # fmt: skip
+        assert json.loads(first.before or "")["hold"] is False
+        assert json.loads(first.after or "") == {
+            "hold": True,
+            "budget_usd_per_hour": 5.0,
+            "max_nodes": {"spot": 1},
+            "reason": "incident 42",
         }
+        assert second.actor == "bob" and second.before == first.after
     finally:
         db.close()
+
+
+def test_audit_rows_are_append_only_and_page_by_cursor(db: store.SqliteStore) -> None:
+    for i in range(5):
+        db.audit_change(float(i), "policy_reload", actor=f"u{i % 2}", target="policy", before="a", after="b")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db._conn().execute("UPDATE audit SET actor = 'mallory'")
+    page = db.audit(limit=2)
+    assert [r.at for r in page] == [4.0, 3.0]
+    assert [r.at for r in db.audit(limit=2, before_id=page[-1].id)] == [2.0, 1.0]
+    assert [r.at for r in db.audit(actor="u1")] == [3.0, 1.0]
+    assert [r.at for r in db.audit(since=3.0, target="policy")] == [4.0, 3.0]
 
 
 def test_setting_overrides_does_not_move_the_version(db: store.SqliteStore) -> None:
