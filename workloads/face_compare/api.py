@@ -28,6 +28,7 @@ from workloads.face_compare.batcher import (
     TIERS,
     ClosedError,
     InferenceError,
+    OverloadedError,
     QueueFullError,
     QueueTimeoutError,
 )
@@ -398,6 +399,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             "the request queue is full; retry later",
             headers={"Retry-After": str(e.retry_after_s)},
         )
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, e: OverloadedError) -> JSONResponse:
+        return error_response(503, "overloaded", str(e), headers={"Retry-After": str(e.retry_after_s)})
 
     @app.exception_handler(QueueTimeoutError)
     async def queue_timeout(_: Request, e: QueueTimeoutError) -> JSONResponse:
