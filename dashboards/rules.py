@@ -185,8 +185,6 @@ def _burn_alerts() -> list[Alert]:
 
 def workload_alerts() -> Group:
     ready = fc.READY
-    queue = fc.QUEUE_DEPTH
-    where = f"{fc.PLACEMENT}, {fc.POOL}"
     # The records come first in the same group: a group evaluates its rules in order, so the alerts read
     # this evaluation's SLIs (across groups they would lag by an interval, or not, depending on timing).
     rules: list[Record | Alert] = [
@@ -236,6 +234,16 @@ def workload_alerts() -> Group:
                 "version and the scrape's metric relabelling."
             ),
         ),
+        *_queue_alerts(),
+    ]
+    return Group("facecompare", rules)
+
+
+def _queue_alerts() -> list[Alert]:
+    """Work piles up faster than the replicas serve it."""
+    queue = fc.QUEUE_DEPTH
+    where = f"{fc.PLACEMENT}, {fc.POOL}"
+    return [
         Alert(
             alert="FaceCompareQueueBacklogGrowing",
             expr=(f"avg({queue}) > {MAX_BATCH_SIZE}\nand\nderiv(sum({queue})[10m:1m]) > 0"),
@@ -271,7 +279,6 @@ def workload_alerts() -> Group:
             ),
         ),
     ]
-    return Group("facecompare", rules)
 
 
 def _leadership_alerts() -> list[Alert]:
@@ -322,12 +329,11 @@ def _leadership_alerts() -> list[Alert]:
     ]
 
 
-def _read_and_apply_alerts() -> list[Alert]:
-    """The controller sees the world (metrics, cluster, stacks) and its actions on it succeed."""
+def _read_alerts() -> list[Alert]:
+    """The controller ticks and sees the world (metrics, cluster, stacks)."""
     t = telemetry
     lead = promql.leader_only
     events = promql.events
-    failed_applies = events(promql.selector(f"{t.APPLY_DURATION}_count", 'result="failed"'), window="30m")
     return [
         Alert(
             alert="GpuburstTickFailures",
@@ -374,6 +380,15 @@ def _read_and_apply_alerts() -> list[Alert]:
                 "window)."
             ),
         ),
+    ]
+
+
+def _action_alerts() -> list[Alert]:
+    """What the controller does keeps failing."""
+    t = telemetry
+    events = promql.events
+    failed_applies = events(promql.selector(f"{t.APPLY_DURATION}_count", 'result="failed"'), window="30m")
+    return [
         Alert(
             alert="GpuburstErrors",
             expr=f"sum by (part) ({events(t.ERRORS, window='15m')}) > {ERRORS_PER_15M}",
@@ -521,7 +536,8 @@ def _node_alerts() -> list[Alert]:
 def controller_alerts() -> Group:
     rules: list[Record | Alert] = [
         *_leadership_alerts(),
-        *_read_and_apply_alerts(),
+        *_read_alerts(),
+        *_action_alerts(),
         *_budget_alerts(),
         *_node_alerts(),
     ]

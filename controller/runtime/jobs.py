@@ -26,14 +26,14 @@ from apscheduler.schedulers import base as aps_base
 
 from controller import ports
 from controller.core import model
-from controller.runtime import logs, reconciler, store, telemetry
+from controller.runtime import logs, reconciler, schema, telemetry
 
 log = logs.get("jobs")
 
 
 def failure_reason(exc: BaseException) -> str:
     """The `reason` label of a failed tick: `store` (SQLite or the store file), else `internal`."""
-    return "store" if isinstance(exc, (sqlite3.Error, store.StoreError)) else "internal"
+    return "store" if isinstance(exc, (sqlite3.Error, schema.StoreError)) else "internal"
 
 
 class Elector(Protocol):

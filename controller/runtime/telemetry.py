@@ -171,13 +171,20 @@ class Telemetry:
         self.tick_failures = prometheus_client.Counter(
             TICK_FAILURES, "Ticks that did not complete", ["reason"], registry=r
         )
-        for why in TICK_FAILURE_REASONS:  # 0 from the start: a rate() over it needs a first sample
-            self.tick_failures.labels(reason=why)
         self.leader = prometheus_client.Gauge(LEADER, "1 while this replica holds the Lease", registry=r)
         self.orphans = prometheus_client.Gauge(
             ORPHANS, "Orphan nodes found by the audit", ["kind"], registry=r
         )
-        # Every known label set from the start: a zero is information, a missing series is not.
+        self._prime()
+        self._known_at: dict[str, float] = {}
+        if ledger is not None:
+            self.registry.register(_LedgerCollector(ledger))
+
+    def _prime(self) -> None:
+        """Every known label set from the start: a zero is information, a missing series is not (and a
+        rate() over a counter needs a first sample)."""
+        for why in TICK_FAILURE_REASONS:
+            self.tick_failures.labels(reason=why)
         for w in self.workloads:
             self.staleness.labels(w).set(math.inf)
         for p in self.pools:
@@ -188,9 +195,6 @@ class Telemetry:
                     self.nodes.labels(p, status.value)
         for kind in ("cloud_not_in_cluster", "cluster_not_in_stack"):
             self.orphans.labels(kind)
-        self._known_at: dict[str, float] = {}
-        if ledger is not None:
-            self.registry.register(_LedgerCollector(ledger))
 
     # -- the reconciler observer --------------------------------------------------------------------
     def observe(self, report: model.TickReport) -> None:

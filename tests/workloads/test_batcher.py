@@ -17,6 +17,7 @@ from workloads.face_compare.batcher import (
     Batcher,
     ClosedError,
     InferenceError,
+    OverloadedError,
     QueueFullError,
     QueueTimeoutError,
 )
@@ -119,6 +120,39 @@ async def test_a_full_queue_refuses_at_once_and_loses_nothing(held: tuple[Batche
     results = await asyncio.wait_for(asyncio.gather(first, *accepted), GUARD_S)
     assert [r[0, 0] for r in results[1:]] == [0.0, 2.0, 4.0, 6.0]
     assert 99.0 not in [v for batch in model.batches for v in batch]
+
+
+async def test_a_request_whose_estimated_wait_is_over_budget_is_refused_unless_it_goes_first() -> None:
+    """The wait counts only the images served before the request: a vip skips the queued free ones."""
+    model = Model()
+
+    def slow(x: np.ndarray) -> np.ndarray:  # at least 0.1 s per batch
+        threading.Event().wait(0.1)
+        return model(x)
+
+    batcher = Batcher(slow, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8, max_queue_wait_s=0.1)
+    batcher.start()
+    try:
+        assert batcher.service_rate is None and batcher.estimated_wait() == 0.0
+        await asyncio.wait_for(batcher.submit(items(1.0, 2.0)), GUARD_S)
+        rate = batcher.service_rate
+        assert rate is not None and 0 < rate <= 20  # 2 images in >= 0.1 s
+        model.gate.clear()
+        first = await occupy(batcher, model)
+        queued = asyncio.create_task(batcher.submit(items(3.0, 4.0, 5.0), tier="free"))
+        await asyncio.sleep(0.05)
+        assert batcher.estimated_wait("free") == pytest.approx(3 / rate)
+        assert batcher.estimated_wait("vip") == 0.0
+        with pytest.raises(OverloadedError) as over:
+            await batcher.submit(items(6.0), tier="free")
+        assert over.value.retry_after_s >= 1 and "over the budget of 0.1 s" in str(over.value)
+        vip = asyncio.create_task(batcher.submit(items(7.0), tier="vip"))
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, queued, vip), GUARD_S)
+        assert 6.0 not in [v for batch in model.batches for v in batch]
+    finally:
+        model.gate.set()
+        await batcher.stop()
 
 
 async def test_a_request_is_queued_whole_or_not_at_all(held: tuple[Batcher, Model]) -> None:

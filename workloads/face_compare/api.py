@@ -28,6 +28,7 @@ from workloads.face_compare.batcher import (
     TIERS,
     ClosedError,
     InferenceError,
+    OverloadedError,
     QueueFullError,
     QueueTimeoutError,
 )
@@ -219,7 +220,6 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def create_app(service: FaceCompareService) -> FastAPI:
     """The ASGI app of one service; its lifespan starts the service and stops it after draining."""
-    settings = service.settings
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -234,6 +234,15 @@ def create_app(service: FaceCompareService) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    _add_inference_routes(app, service)
+    _add_gallery_routes(app, service)
+    _add_probe_routes(app, service)
+    return _wrap(app, service)
+
+
+def _add_inference_routes(app: FastAPI, service: FaceCompareService) -> None:
+    """Embed, verify (1:1) and identify (1:N)."""
+    settings = service.settings
 
     def model_name() -> str:
         assert service.engine is not None
@@ -285,6 +294,10 @@ def create_app(service: FaceCompareService) -> FastAPI:
             threshold=threshold,
         )
 
+
+def _add_gallery_routes(app: FastAPI, service: FaceCompareService) -> None:
+    """Enrol, remove and list the subjects 1:N searches."""
+
     @app.put("/v1/gallery/{subject_id}", response_model=schemas.EnrolResponse)
     async def enrol(
         subject_id: SubjectId, body: schemas.EnrolRequest, request: Request, response: Response
@@ -313,6 +326,10 @@ def create_app(service: FaceCompareService) -> FastAPI:
         return schemas.GalleryResponse(
             size=len(service.gallery), subject_ids=service.gallery.subject_ids(limit)
         )
+
+
+def _add_probe_routes(app: FastAPI, service: FaceCompareService) -> None:
+    """Liveness, readiness and the metrics."""
 
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz() -> JSONResponse:
@@ -345,8 +362,6 @@ def create_app(service: FaceCompareService) -> FastAPI:
     async def prometheus_metrics() -> Response:
         """The workload metric contract (DESIGN.md section 7), Prometheus text format."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-    return _wrap(app, service)
 
 
 def _wrap(app: FastAPI, service: FaceCompareService) -> FastAPI:
@@ -384,6 +399,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             "the request queue is full; retry later",
             headers={"Retry-After": str(e.retry_after_s)},
         )
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, e: OverloadedError) -> JSONResponse:
+        return error_response(503, "overloaded", str(e), headers={"Retry-After": str(e.retry_after_s)})
 
     @app.exception_handler(QueueTimeoutError)
     async def queue_timeout(_: Request, e: QueueTimeoutError) -> JSONResponse:

@@ -5,9 +5,12 @@ tier first and oldest first within a tier; if fewer are waiting, it waits until 
 has been queued for ``max_queue_delay`` (Triton's ``max_queue_delay_microseconds``, TF-Serving's
 ``batch_timeout_micros``) or the batch fills, whichever is first. While every instance is busy, images
 accumulate, so batches grow with load by themselves. The queue is bounded: a request that does not fit
-is refused at once (the API answers 503 with Retry-After) instead of waiting without bound. An image
-still waiting after ``queue_timeout`` is answered with a timeout, so a low tier starved by a high one
-learns it instead of hanging.
+is refused at once (the API answers 503 with Retry-After) instead of waiting without bound. Before
+the queue is full, a request whose estimated wait (the images served before it over the measured
+service rate) exceeds ``max_queue_wait`` is refused the same way: under overload the requests that are
+accepted still finish within the latency SLO, and only the excess is turned away. An image still waiting
+after ``queue_timeout`` is answered with a timeout, so a low tier starved by a high one learns it
+instead of hanging.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +33,8 @@ from workloads.face_compare.metrics import WorkloadMetrics
 TIERS: Final = ("vip", "normal", "free")
 DEFAULT_TIER: Final = "normal"
 _RANK: Final = {tier: rank for rank, tier in enumerate(TIERS)}
+# Weight of the newest batch in the smoothed service rate: follows a change within ~10 batches.
+_RATE_WEIGHT: Final = 0.2
 
 log = logs.get("batcher")
 
@@ -36,9 +42,19 @@ log = logs.get("batcher")
 class QueueFullError(Exception):
     """The queue has no room for the request; retry after ``retry_after_s``."""
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"queue full; retry after {retry_after_s} s")
+    def __init__(self, retry_after_s: int, message: str = "queue full") -> None:
+        super().__init__(f"{message}; retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class OverloadedError(QueueFullError):
+    """The request would wait in the queue longer than the wait budget allows."""
+
+    def __init__(self, wait_s: float, budget_s: float) -> None:
+        super().__init__(
+            max(1, math.ceil(wait_s - budget_s)),
+            f"estimated queue wait {wait_s:.2f} s is over the budget of {budget_s:g} s",
+        )
 
 
 class ClosedError(Exception):
@@ -76,6 +92,7 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         queue_timeout_s: float = 10.0,
+        max_queue_wait_s: float | None = None,
         instances: int = 1,
         metrics: WorkloadMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -85,6 +102,8 @@ class Batcher:
         self._max_delay = max_queue_delay_s
         self._max_queue = max_queue_size
         self._queue_timeout = queue_timeout_s
+        self._max_wait = max_queue_wait_s
+        self._rate: float | None = None  # images per second of one instance, smoothed over batches
         self._instances = instances
         self._metrics = metrics
         self._clock = clock
@@ -100,6 +119,33 @@ class Batcher:
     def depth(self) -> int:
         """Images waiting (not yet taken into a batch)."""
         return len(self._heap)
+
+    @property
+    def service_rate(self) -> float | None:
+        """Images per second all instances serve, as measured on the recent batches (None before one)."""
+        return None if self._rate is None else self._rate * self._instances
+
+    def estimated_wait(self, tier: str = DEFAULT_TIER) -> float:
+        """Seconds a request of `tier` queued now would wait: the images served before it (its tier and
+        higher) over the measured service rate; 0 before any batch has been measured."""
+        rate = self.service_rate
+        if not rate:
+            return 0.0
+        rank = _RANK[tier]
+        return sum(1 for item in self._heap if item.rank <= rank) / rate
+
+    def admit(self, count: int, tier: str = DEFAULT_TIER) -> None:
+        """Raise unless `count` images of `tier` may queue now: room left, and a wait within budget.
+
+        Cheap: the service asks before decoding a request's images, and `submit` again before queueing."""
+        if self._closed:
+            raise ClosedError("not accepting requests")
+        if len(self._heap) + count > self._max_queue:
+            raise QueueFullError(retry_after_s=1)
+        if self._max_wait is not None:
+            wait = self.estimated_wait(tier)
+            if wait > self._max_wait:
+                raise OverloadedError(wait, self._max_wait)
 
     @property
     def running(self) -> bool:
@@ -132,11 +178,8 @@ class Batcher:
 
     async def submit(self, tensors: np.ndarray, tier: str = DEFAULT_TIER) -> np.ndarray:
         """Queue every image of one request (all or none) and wait for their rows, in order."""
-        if self._closed:
-            raise ClosedError("not accepting requests")
         count = len(tensors)
-        if len(self._heap) + count > self._max_queue:
-            raise QueueFullError(retry_after_s=1)
+        self.admit(count, tier)
         loop = asyncio.get_running_loop()
         now = self._clock()
         rank = _RANK[tier]
@@ -174,6 +217,7 @@ class Batcher:
                         item.future.set_exception(InferenceError(f"{type(e).__name__}: {e}"))
                 continue
             self.batches_run += 1
+            self._measure(len(batch), self._clock() - started)
             if self._metrics is not None:
                 self._metrics.inference_seconds.observe(self._clock() - started)
                 self._metrics.batch_size.observe(len(batch))
@@ -224,6 +268,12 @@ class Batcher:
                 kept.append(item)
         heapq.heapify(kept)
         self._heap = kept
+
+    def _measure(self, images: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = images / seconds
+        self._rate = rate if self._rate is None else self._rate + _RATE_WEIGHT * (rate - self._rate)
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

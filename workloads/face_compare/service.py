@@ -105,6 +105,7 @@ class FaceCompareService:
                 max_queue_delay_s=self.settings.max_queue_delay_us / 1e6,
                 max_queue_size=self.settings.max_queue_size,
                 queue_timeout_s=self.settings.queue_timeout_s,
+                max_queue_wait_s=self.settings.max_queue_wait_s,
                 instances=self.settings.instances,
                 metrics=self.metrics,
             )
@@ -209,6 +210,7 @@ class FaceCompareService:
         batcher = self.batcher
         if batcher is None:
             raise NotReadyError("the service is starting (loading and warming up the model)")
+        batcher.admit(len(images), tier)  # before decoding: refusing the excess must cost little
         loop = asyncio.get_running_loop()
         tensors = await loop.run_in_executor(self._decode, self._decode_all, images, self.limits)
         return await batcher.submit(tensors, tier)

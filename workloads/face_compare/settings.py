@@ -37,6 +37,12 @@ class Settings(BaseModel):
     max_queue_delay_us: int = Field(5000, ge=0, le=10_000_000)
     max_queue_size: int = Field(512, ge=1)
     queue_timeout_s: float = Field(10.0, gt=0)
+    max_queue_wait_s: float = Field(
+        0.25,
+        gt=0,
+        description="refuse a request whose estimated queue wait exceeds this: half the 0.5 s latency "
+        "SLO, the rest is for its own batch, decoding and the network",
+    )
 
     # Request limits.
     max_images_per_request: int = Field(16, ge=1)

@@ -237,3 +237,92 @@ def test_workers_that_outlive_their_controller_are_stopped_by_the_next(tmp_path:
         assert not any(_alive(p) for p in pids.values()), "leaked: a restart left the old workers running"
         assert list((tmp_path / "w").glob("*.pid")) == []
         assert pool.processes() == {}
+
+
+# -- metrics faults -------------------------------------------------------------------------------------
+WINDOW_S = 3
+KEEP_S = 12.0  # keep_factor 1 x boot_s 1 + horizon_extra_s 11: idle burst nodes go after this (seen time)
+
+
+def _nodes(ctl: Running, token: str) -> dict[str, str]:
+    r = httpx.get(f"{ctl.url}/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
+    r.raise_for_status()
+    return {n["name"]: n["status"] for n in r.json()}
+
+
+def _gauge(ctl: Running, name: str) -> float | None:
+    r = ctl.get("/metrics")
+    if r is None:
+        return None
+    for line in r.text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_prometheus_killed_mid_run_the_controller_holds_then_resumes(tmp_path: Path) -> None:
+    """kill -9 of Prometheus while burst nodes run and demand falls: nothing is released or launched
+    while blind; once Prometheus is back the controller resumes, and the idle nodes go only after a
+    keep window of seen time (the outage counts as at most one step of it)."""
+    outage_s = 6.0
+    target = prom.MetricsTarget(placement="private", pool="private").start()
+    target.set_traffic(tier="normal", rps=90.0)  # 90 / 25 = 4 GPUs beyond 2 private: 2 burst nodes (max)
+    with prom.running(tmp_path / "prom") as server:
+        server.set_targets(prom.JOB, [target.target()])
+        server.wait_samples(f'job="{prom.JOB}"', WINDOW_S + 2)
+        (tmp_path / "policy.yaml").write_text(f"keep_factor: 1.0\nhorizon_extra_s: {KEEP_S - 1:g}\n")
+        path, url = config(tmp_path, server.url, policy_file="policy.yaml")
+        data = yaml.safe_load(path.read_text())
+        data["workloads"][0]["prometheus"] = {"selector": f'job="{prom.JOB}"', "window": f"{WINDOW_S}s"}
+        data["prometheus"]["max_age_s"] = 5
+        path.write_text(yaml.safe_dump(data))
+        ctl = Running(path, url)
+        try:
+            prom.wait_until(ctl.ready, timeout=60, what="the controller to be ready")
+            token = (tmp_path / "state" / "admin-token").read_text().strip()
+            prom.wait_until(
+                lambda: sorted(_nodes(ctl, token).values()) == ["ready", "ready"],
+                timeout=30,
+                what="2 burst nodes ready",
+            )
+            launched = set(_nodes(ctl, token))
+            assert server._proc is not None
+            server._proc.kill()  # kill -9, mid-run
+            server._proc.wait()
+            killed = time.monotonic()
+            target.set_traffic(tier="normal", rps=2.0)  # demand falls while the controller is blind
+            prom.wait_until(lambda: _gauge(ctl, "gpuburst_synced") == 0, timeout=5, what="synced 0")
+            while time.monotonic() - killed < outage_s:
+                assert _nodes(ctl, token) == dict.fromkeys(launched, "ready"), "acted while blind"
+                time.sleep(TICK_S / 2)
+            server.start()  # the same port and TSDB
+            back = time.monotonic()
+            prom.wait_until(lambda: _gauge(ctl, "gpuburst_synced") == 1, timeout=30, what="synced 1")
+            resumed = time.monotonic() - back
+            still = _nodes(ctl, token)
+            assert set(still) == launched, "a node was released or launched at the first sample back"
+            prom.wait_until(
+                lambda: all(s == "released" for s in _nodes(ctl, token).values()) or not _nodes(ctl, token),
+                timeout=60,
+                what="the idle nodes to be released",
+            )
+            released_after = time.monotonic() - back
+            assert (
+                set(
+                    _nodes(
+                        ctl,
+                        token,
+                    )
+                )
+                <= launched
+            ), "doubled: a node was launched"
+        finally:
+            ctl.stop()
+            target.stop()
+    # The keep window restarted on real metrics: minus the outage's one step at most (MAX_STEP_S 60 s
+    # here covers the whole 6 s outage), the nodes were kept.
+    assert released_after >= KEEP_S - outage_s - 2 * TICK_S
+    print(
+        f"prometheus killed {outage_s:g} s: 0 released while blind, synced again {resumed:.1f} s after it "
+        f"came back, idle nodes released {released_after:.1f} s after (keep {KEEP_S:g} s)"
+    )

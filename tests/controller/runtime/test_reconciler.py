@@ -7,7 +7,7 @@ import math
 import pytest
 
 from controller import ports
-from controller.core import model, policy
+from controller.core import model, policy, release
 from tests.support import fake_world
 
 # Sizing without forecasting or headroom: 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the
@@ -177,3 +177,38 @@ def test_replica_counts_are_reasserted_after_a_hand_edit() -> None:
     assert w.infra.replicas[("face", "spot")] == 0, "within the resync interval the write is skipped"
     w.run(300)
     assert w.infra.replicas[("face", "spot")] == 8
+
+
+@pytest.mark.parametrize("outage", ["no series", "query fails"])
+def test_after_a_metrics_outage_longer_than_the_keep_window_the_first_low_sample_does_not_release(
+    outage: str,
+) -> None:
+    """The wait before a release restarts on real metrics: an outage counts as at most one step of it."""
+    w = plain_world()
+    w.metrics.set("face", 200.0)
+    w.run(300)
+    assert set(w.statuses().values()) == {"ready"} and len(w.statuses()) == 8
+    if outage == "no series":
+        w.metrics.set("face", None)
+    else:
+        w.metrics.fail = True
+    w.run(3 * KEEP_S)  # blind: every tick holds
+    w.metrics.fail = False
+    w.metrics.set("face", 20.0)  # back, and low: private capacity is enough
+    back = w.clock.now()
+    w.clock.advance(15.0)
+    first = w.rec.tick()
+    assert first.synced and first.decision.cause is model.Cause.STABILIZATION
+    assert set(w.statuses().values()) == {"ready"}, "released on the first sample after the outage"
+    w.run(KEEP_S - release.MAX_STEP_S - 30.0)
+    assert set(w.statuses().values()) == {"ready"}, "released before a whole keep window of real metrics"
+    w.run(KEEP_S)
+    released = [
+        (r.at, t.node) for r in w.reports for t in r.transitions if t.after is model.NodeStatus.RELEASED
+    ]
+    assert len(released) == 8
+    first_release = min(at for at, _ in released)
+    assert first_release - back >= KEEP_S - release.MAX_STEP_S
+    print(
+        f"{outage}: outage {3 * KEEP_S:g} s, first release {first_release - back:g} s after metrics came back"
+    )

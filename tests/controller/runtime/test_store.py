@@ -16,7 +16,7 @@ import pytest
 
 from controller import ports
 from controller.core import model, policy
-from controller.runtime import codec, errors, store
+from controller.runtime import codec, errors, schema, store
 
 S = model.NodeStatus
 
@@ -178,7 +178,7 @@ def test_a_new_database_gets_every_migration_in_order(tmp_path: Path) -> None:
     store.SqliteStore(path).close()
     with sqlite3.connect(path) as conn:
         assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")] == list(
-            range(1, store.LATEST + 1)
+            range(1, schema.LATEST + 1)
         )
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"nodes", "decisions", "audit", "ledger_hourly", "overrides", "controller_state"} <= _tables(path)
@@ -187,7 +187,7 @@ def test_a_new_database_gets_every_migration_in_order(tmp_path: Path) -> None:
 def test_a_version_one_database_migrates_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    assert store.migrate(conn, target=1) == 1
+    assert schema.migrate(conn, target=1) == 1
     conn.execute(
         "UPDATE controller_state SET version = 7, at = 7300.5, policy_state = ? WHERE id = 1",
         (json.dumps({"recommendations": [[7290.0, 3]]}),),
@@ -217,8 +217,8 @@ def test_a_database_from_a_newer_controller_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     store.SqliteStore(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (store.LATEST + 1,))
-    with pytest.raises(store.StoreError, match=rf"future\.db: schema version {store.LATEST + 1} is newer"):
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (schema.LATEST + 1,))
+    with pytest.raises(schema.StoreError, match=rf"future\.db: schema version {schema.LATEST + 1} is newer"):
         store.SqliteStore(path)
 
 
@@ -279,7 +279,7 @@ def test_undecodable_policy_state_is_an_error_not_a_silent_reset(db: store.Sqlit
         conn.execute(
             "UPDATE controller_state SET policy_state = ?", (json.dumps({"recommendations": [["soon", 4]]}),)
         )
-    with pytest.raises(store.StoreError, match=r"recommendations\[0\]\[0\]: expected a number"):
+    with pytest.raises(schema.StoreError, match=r"recommendations\[0\]\[0\]: expected a number"):
         db.load()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime import errors, jobs, store
+from controller.runtime import errors, jobs, schema, store
 from tests.controller.runtime.test_store import S, _intent, _rec
 
 
@@ -51,7 +51,7 @@ def test_a_removed_file_is_reported_saved_whole_and_no_longer_written(tmp_path: 
     saved = store.SqliteStore(f"{path}.recovered")
     assert saved.version() == 1 and saved.ledger() == db.ledger()
     assert [r.name for r in saved.nodes()] == ["n1"]
-    with pytest.raises(store.StoreError, match="was removed"):
+    with pytest.raises(schema.StoreError, match="was removed"):
         db.commit(_intent(105.0, {}), expected_version=1)
 
 
