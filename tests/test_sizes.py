@@ -14,7 +14,6 @@ PACKAGES = ("contract", "controller", "workloads", "stacks", "policies", "dashbo
 MAX_FUNCTION_LINES = 80
 MAX_CONTROLLER_MODULE_LINES = 500
 OVER_THE_LIMIT = {
-    "controller/adapters/kube.py": 544,
     "controller/runtime/api.py:create_app": 120,
 }
 """Known offenders, each capped at its present size so it can only shrink; an entry goes once it fits."""

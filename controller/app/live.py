@@ -149,6 +149,8 @@ def build(
         observers: list[Callable[[model.TickReport], None]] = [tel.observe]
         if not dry_run:
             observers.append(_safely(db.record_report, "audit of the tick's actions"))
+            if parts.events is not None:
+                observers.append(_safely(parts.events, "Kubernetes Events"))
         rec = reconciler.Reconciler(
             setup,
             clock=clock,
@@ -252,6 +254,8 @@ class _Adapters:
     elector: kube_adapter.LeaseElector | None = None
     pulumi: list[pulumi_stack.PulumiCapacity] = field(default_factory=list)
     local: list[local_adapter.LocalPool] = field(default_factory=list)
+    events: Callable[[model.TickReport], None] | None = None
+    """Records the tick's node transitions as Kubernetes Events (a reconciler observer)."""
 
 
 def _adapters(
@@ -269,6 +273,7 @@ def _adapters(
     pulumi: list[pulumi_stack.PulumiCapacity] = []
     local: list[local_adapter.LocalPool] = []
     elector: kube_adapter.LeaseElector | None = None
+    events: Callable[[model.TickReport], None] | None = None
     cluster: ports.Cluster
     capacity: ports.Capacity
     if cfg.adapter_kind == "local":
@@ -286,9 +291,19 @@ def _adapters(
             context=k.context,
         )
         closers.append(client.close)
-        cluster = kube_adapter.KubeCluster(
+        kube_cluster = kube_adapter.KubeCluster(
             client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
         )
+        closers.append(kube_cluster.close)  # before the client's close: closers run in reverse
+        cluster = kube_cluster
+        events = kube_adapter.EventRecorder(
+            client,
+            k.namespace,
+            workloads=[w.name for w in cfg.workloads],
+            clock=clock,
+            locate=kube_cluster.kube_names,
+            deployment_name=k.deployment_name,
+        ).observe
         by_pulumi = _pulumi_pools(loaded, clock=clock, tel=tel, command=command)
         pulumi = list({id(a): a for a in by_pulumi.values()}.values())
         closers.extend(a.close for a in pulumi)
@@ -304,7 +319,7 @@ def _adapters(
                 lease_duration_s=le.lease_duration_s,
                 renew_deadline_s=le.renew_deadline_s,
             )
-    return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local)
+    return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local, events=events)
 
 
 def _check_listen(host: str, port: int, *, where: str) -> None:

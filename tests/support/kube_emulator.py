@@ -11,7 +11,10 @@ every write, though they ignore selectors):
 - JSON patch, merge patch and strategic merge patch (maps merge, lists are replaced);
 - the Deployment `scale` subresource (GET, PUT, PATCH) and the `status` subresource;
 - the pod `eviction` subresource under PodDisruptionBudgets: 429 when the budget allows no disruption;
-- graceful pod deletion: a pod bound to a node keeps running with a `deletionTimestamp` until `step()`.
+- graceful pod deletion: a pod bound to a node keeps running with a `deletionTimestamp` until `step()`;
+- watch from a `resourceVersion` (the events since then, from a history), with label and field selectors,
+  `timeoutSeconds`, a BOOKMARK after each batch of writes when asked for (`allowWatchBookmarks`), and
+  410 Gone (`expire_watches()`: the history is compacted and every open watch gets an ERROR event).
 
 Its reaction sits just above kmock's fallbacks, so a test's own kmock reactions still take precedence.
 `running()` serves it on a loopback port from a background thread for the synchronous `kubernetes`
@@ -59,6 +62,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "deployments": ("apps/v1", "Deployment"),
     "poddisruptionbudgets": ("policy/v1", "PodDisruptionBudget"),
     "leases": ("coordination.k8s.io/v1", "Lease"),
+    "events": ("v1", "Event"),
 }
 """plural -> (apiVersion, kind) of the resources the helpers know; the server accepts any resource."""
 
@@ -86,6 +90,17 @@ def error(status: int, message: str, **details: Any) -> kmock.KubernetesError:
     return kmock.KubernetesError(
         status=status, reason=reason, message=message, details=details or {"causes": []}
     )
+
+
+def _expired() -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "message": "too old resource version",
+        "reason": "Expired",
+        "code": 410,
+    }
 
 
 # -- selectors ----------------------------------------------------------------------------------------
@@ -238,6 +253,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _events: list[tuple[kmock.resource, Obj]] = attrs.field(factory=list, init=False)
     faults: list[_Fault] = attrs.field(factory=list, init=False)
     interferences: list[_Interference] = attrs.field(factory=list, init=False)
+    _history: list[tuple[int, kmock.resource, Obj]] = attrs.field(factory=list, init=False)
+    _compacted: int = attrs.field(default=0, init=False)
+    _watchers: set[asyncio.Queue[Any]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -251,8 +269,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _serve(self, request: kmock.Request) -> Any:
         res = request.resource
-        if res is None or res.plural is None or request.action == kmock.action.WATCH:
-            raise NotImplementedError  # discovery and watch streams: kmock's own
+        if res is None or res.plural is None:
+            raise NotImplementedError  # discovery: kmock's own
+        if request.action == kmock.action.WATCH:
+            async with self._lock:
+                self._inject(request)
+                return self._watch(request)
         async with self._lock:
             self._inject(request)
             result = self._dispatch(request)
@@ -264,6 +286,93 @@ class KubeEmulator(kmock.KubernetesEmulator):
         events, self._events = self._events, []
         for res, event in events:
             await self._buses[res].put(event)
+            for queue in self._watchers:
+                queue.put_nowait((res, event))
+        if events:  # the batch's own last version: a write after the swap is in the next batch
+            last = max(int(e["object"]["metadata"]["resourceVersion"]) for _, e in events)
+            for queue in self._watchers:
+                queue.put_nowait(("bookmark", last))
+
+    # -- watch ----------------------------------------------------------------------------------------
+    def _watch(self, rq: kmock.Request) -> Any:
+        """The stream of one watch request; called under the lock, so that no write slips in between
+        the backlog and the live events."""
+        res, ns, params = rq.resource, rq.namespace, rq.params
+        assert res is not None
+        since = params.get("resourceVersion") or ""
+        timeout = float(params.get("timeoutSeconds") or 0) or None
+        bookmarks = params.get("allowWatchBookmarks") == "true"
+        labels, fields = params.get("labelSelector") or "", params.get("fieldSelector") or ""
+
+        def matches(obj: Obj) -> bool:
+            return (
+                (ns is None or obj["metadata"].get("namespace") == ns)
+                and label_selector_matches(obj["metadata"].get("labels") or {}, labels)
+                and field_selector_matches(obj, str(res.plural), fields)
+            )
+
+        gone = since not in ("", "0") and int(since) < self._compacted
+        if since in ("", "0"):
+            backlog = [{"type": "ADDED", "object": o} for o in self.items(res, ns) if matches(o)]
+        else:
+            backlog = [
+                copy.deepcopy(e)
+                for v, r, e in self._history
+                if v > int(since) and r == res and matches(e["object"])
+            ]
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._watchers.add(queue)
+        queue.put_nowait(("bookmark", self._rv))  # what the backlog brings it up to
+        api_version, kind = KINDS.get(str(res.plural), ("v1", "Object"))
+
+        async def stream() -> Any:
+            try:
+                yield b""  # the headers go now, as the API server sends them before any event
+                if gone:
+                    yield {"type": "ERROR", "object": _expired()}
+                    return
+                for event in backlog:
+                    yield event
+                deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+                while True:
+                    left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                    try:
+                        item = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        return  # the server-side timeout: a normal end
+                    if item is None:
+                        return
+                    if item == "expire":
+                        yield {"type": "ERROR", "object": _expired()}
+                        return
+                    if item[0] == "bookmark":
+                        if bookmarks:
+                            meta = {"resourceVersion": str(item[1])}
+                            yield {
+                                "type": "BOOKMARK",
+                                "object": {"apiVersion": api_version, "kind": kind, "metadata": meta},
+                            }
+                        continue
+                    r, event = item
+                    if r == res and matches(event["object"]):
+                        yield copy.deepcopy(event)
+            finally:
+                self._watchers.discard(queue)
+
+        return stream()
+
+    def expire_watches(self) -> None:
+        """Compact the history (a resume from any version seen so far gets 410 Gone) and end every open
+        watch with a 410 ERROR event, as an API server does when etcd compacted past a watcher."""
+        self._compacted = self._rv + 1
+        self._history.clear()
+        for queue in self._watchers:
+            queue.put_nowait("expire")
+
+    def close_watches(self) -> None:
+        """End every open watch (the server shutting down)."""
+        for queue in self._watchers:
+            queue.put_nowait(None)
 
     # -- storage --------------------------------------------------------------------------------------
     def read(self, res: kmock.resource, ns: str | None, name: str) -> Obj | None:
@@ -298,11 +407,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = obj
         self._events.append((res, {"type": event, "object": copy.deepcopy(obj)}))
+        self._history.append((self._rv, res, {"type": event, "object": copy.deepcopy(obj)}))
         return copy.deepcopy(obj)
 
     def remove(self, res: kmock.resource, obj: Obj) -> None:
         self.objects[res, obj["metadata"].get("namespace"), obj["metadata"]["name"]].delete()
+        self._rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._rv)
         self._events.append((res, {"type": "DELETED", "object": obj}))
+        self._history.append((self._rv, res, {"type": "DELETED", "object": copy.deepcopy(obj)}))
 
     def now(self) -> str:
         t = datetime.datetime.fromtimestamp(self.clock.now(), tz=datetime.UTC)
@@ -875,6 +989,24 @@ class Kube:
         other = _Interference((resource(plural), ns, name), mutate, times)
         self.run(lambda e: e.interferences.append(other))
 
+    def version(self) -> str:
+        """The latest resourceVersion: a cache that has seen it has seen every write so far."""
+        return self.run(lambda e: str(e._rv))
+
+    def expire_watches(self) -> None:
+        """410 Gone for every open watch and for any resume from a version seen so far."""
+        self.run(KubeEmulator.expire_watches)
+
+    def lists(self, plural: str | None = None) -> list[str]:
+        """The list requests served so far (GETs of a collection, watches excluded)."""
+        return [
+            r
+            for r in self.requests("GET")
+            if "watch=" not in r
+            and (plural is None or r.split("?")[0].endswith(f"/{plural}"))
+            and r.split("?")[0].rsplit("/", 1)[-1] in KINDS
+        ]
+
     def forget_requests(self) -> None:
         """Drop kmock's request log: each request scans it, so a long end-to-end run may want this."""
         self.run(lambda e: e._requests.clear())
@@ -923,6 +1055,7 @@ def running(*, clock: ports.Clock | None = None) -> Iterator[Kube]:
     try:
         yield Kube(box["emulator"], loop, box["url"], api_client)
     finally:
+        loop.call_soon_threadsafe(box["emulator"].close_watches)
         api_client.close()  # type: ignore[no-untyped-call]  # first, or the server waits for the client's keep-alive connections
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)

@@ -24,8 +24,16 @@ def kube() -> Iterator[Kube]:
 
 
 @pytest.fixture
-def cluster(kube: Kube) -> kube_adapter.KubeCluster:
-    return kube_adapter.KubeCluster(kube.api_client, "face-compare")
+def cluster(kube: Kube) -> Iterator[kube_adapter.KubeCluster]:
+    cluster = kube_adapter.KubeCluster(kube.api_client, "face-compare")
+    yield cluster
+    cluster.close()
+
+
+def fresh(kube: Kube, cluster: kube_adapter.KubeCluster) -> dict[str, model.ClusterNode]:
+    """burst_nodes() once the watch caches have seen every write so far (they follow in milliseconds)."""
+    assert cluster.wait_for(kube.version())
+    return dict(cluster.burst_nodes())
 
 
 def running_pods(kube: Kube, node: str) -> list[str]:
@@ -51,7 +59,7 @@ def test_burst_nodes_are_found_by_label_with_the_readiness_rules(
     kube.add_node("private-gpu", pool=None)  # the private cluster's own GPU node: not ours
     kube.add_node("labelled-private", pool=None, labels={"gpuburst.io/placement": "private"})
 
-    nodes = cluster.burst_nodes()
+    nodes = fresh(kube, cluster)
 
     assert nodes == {
         "aws-g5-spot-100-0": model.ClusterNode("aws-g5-spot-100-0", POOL, ready=True),
@@ -61,13 +69,13 @@ def test_burst_nodes_are_found_by_label_with_the_readiness_rules(
         "noticed": model.ClusterNode("noticed", POOL, ready=True, interrupting=True),
         "disrupted": model.ClusterNode("disrupted", POOL, ready=True, interrupting=True),
     }
-    assert kube.requests() == [
+    assert kube.lists() == [  # once; then the watches keep the caches current
         "GET /api/v1/nodes?labelSelector=gpuburst.io/placement=burst",
-        "GET /api/v1/pods?fieldSelector=spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
+        "GET /api/v1/namespaces/face-compare/pods?labelSelector=gpuburst.io/placement=burst",
     ]
 
 
-def test_pods_per_node_count_what_holds_the_node_in_one_list_call(
+def test_pods_per_node_count_the_burst_pods_that_hold_the_node(
     kube: Kube, cluster: kube_adapter.KubeCluster
 ) -> None:
     for name in ("gpu-a", "gpu-b", "gpu-c"):
@@ -75,8 +83,9 @@ def test_pods_per_node_count_what_holds_the_node_in_one_list_call(
     kube.add_node("private-gpu", pool=None)
     kube.add_pod("web-1", node="gpu-a", labels=POD_LABELS)
     kube.add_pod("web-2", node="gpu-a", labels=POD_LABELS)
-    kube.add_pod("starting", node="gpu-a", phase="Pending")  # bound, pulling its image: holds the node
-    kube.add_pod("agent", node="gpu-a", namespace="monitoring", owner=("ReplicaSet", "agent-rs"))
+    kube.add_pod("starting", node="gpu-a", phase="Pending", labels=POD_LABELS)  # pulling its image: holds it
+    kube.add_pod("agent", node="gpu-a", namespace="monitoring", labels=POD_LABELS)  # not our namespace
+    kube.add_pod("unlabelled", node="gpu-a")  # not a burst Deployment's pod
     kube.add_pod("dcgm-exporter", node="gpu-a", namespace="kube-system", owner=("DaemonSet", "dcgm"))
     kube.add_pod("done", node="gpu-a", phase="Succeeded")
     kube.add_pod("crashed", node="gpu-a", phase="Failed")
@@ -85,10 +94,10 @@ def test_pods_per_node_count_what_holds_the_node_in_one_list_call(
     kube.add_pod("web-3", node="gpu-b", labels=POD_LABELS)
     kube.add_pod("private-1", node="private-gpu")
 
-    nodes = cluster.burst_nodes()
+    nodes = fresh(kube, cluster)
 
-    assert {name: n.pods for name, n in nodes.items()} == {"gpu-a": 4, "gpu-b": 1, "gpu-c": 0}
-    assert len(kube.requests()) == 2  # one node list, one pod list, whatever the number of nodes
+    assert {name: n.pods for name, n in nodes.items()} == {"gpu-a": 3, "gpu-b": 1, "gpu-c": 0}
+    assert len(kube.lists()) == 2  # one node list, one pod list, whatever the number of nodes
 
 
 def test_a_burst_node_without_its_controller_name_is_known_by_its_node_name(
@@ -98,7 +107,7 @@ def test_a_burst_node_without_its_controller_name_is_known_by_its_node_name(
     kube.patch("nodes", "legacy", {"metadata": {"labels": {"gpuburst.io/node": None}}})
     kube.add_pod("web-1", node="legacy", labels=POD_LABELS)
 
-    assert cluster.burst_nodes() == {"legacy": model.ClusterNode("legacy", POOL, ready=True, pods=1)}
+    assert fresh(kube, cluster) == {"legacy": model.ClusterNode("legacy", POOL, ready=True, pods=1)}
     assert cluster.drain("legacy") == 0
     assert running_pods(kube, "legacy") == []
 
@@ -111,9 +120,9 @@ def test_a_node_registered_twice_under_one_name_holds_the_pods_of_both(
     kube.add_pod("web-1", node="ip-10-0-1-23", labels=POD_LABELS)
     kube.add_pod("web-2", node="ip-10-0-1-24", labels=POD_LABELS)
 
-    assert cluster.burst_nodes() == {"spot-1": model.ClusterNode("spot-1", POOL, ready=True, pods=2)}
+    assert fresh(kube, cluster) == {"spot-1": model.ClusterNode("spot-1", POOL, ready=True, pods=2)}
     cluster.cordon("spot-1")
-    assert cluster.burst_nodes()["spot-1"].cordoned  # both registrations
+    assert fresh(kube, cluster)["spot-1"].cordoned  # both registrations
     assert cluster.drain("spot-1") == 0
     assert running_pods(kube, "ip-10-0-1-23") == running_pods(kube, "ip-10-0-1-24") == []
 
@@ -134,7 +143,7 @@ def test_cordon_marks_the_node_and_its_replicaset_pods_once(
     assert web is not None and web["metadata"]["annotations"][kube_adapter.DELETION_COST] == "-1000"
     dcgm = kube.get("pods", "dcgm-exporter")
     assert dcgm is not None and kube_adapter.DELETION_COST not in dcgm["metadata"]["annotations"]
-    assert cluster.burst_nodes()["spot-1"].cordoned
+    assert fresh(kube, cluster)["spot-1"].cordoned
 
     writes = len(kube.requests("PATCH"))
     cluster.cordon("spot-1")
@@ -165,7 +174,7 @@ def test_after_cordon_a_lower_replica_count_removes_the_cordoned_nodes_pod(
 
     assert running_pods(kube, "gpu-a") == []
     assert running_pods(kube, "gpu-b") == newer
-    assert cluster.burst_nodes()["gpu-a"].pods == 0
+    assert fresh(kube, cluster)["gpu-a"].pods == 0
 
 
 # -- drain ----------------------------------------------------------------------------------------------
@@ -191,9 +200,9 @@ def test_drain_waits_for_the_disruption_budget_and_never_forces(
     kube.step()
     assert cluster.drain("gpu-a") == 0
     assert running_pods(kube, "gpu-a") == ["dcgm-exporter"]
-    assert cluster.burst_nodes()["gpu-a"].pods == 1  # terminating: still holds the node
+    assert fresh(kube, cluster)["gpu-a"].pods == 1  # terminating: still holds the node
     kube.step()  # the kubelet finishes it
-    assert cluster.burst_nodes()["gpu-a"].pods == 0
+    assert fresh(kube, cluster)["gpu-a"].pods == 0
     assert kube.requests("DELETE") == []  # evictions only
 
 
@@ -345,6 +354,7 @@ def test_an_unreachable_api_server_raises_for_every_call() -> None:
         kube_adapter.KubeError, match=r"read scale of Deployment face-compare/face-compare-burst-p"
     ):
         cluster.set_replicas(WORKLOAD, "p", 1)
+    cluster.close()
     client.close()  # type: ignore[no-untyped-call]
 
 

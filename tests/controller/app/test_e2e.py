@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from controller import ports
+from controller.adapters import kube as kube_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.app import config, live
 from controller.core import model
@@ -178,6 +179,8 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
             cloud.sync()
             kube.step()
             seen_nodes.append({n["metadata"]["name"]: n for n in kube.items("nodes")})
+            assert isinstance(ctl.cluster, kube_adapter.KubeCluster)
+            assert ctl.cluster.wait_for(kube.version())  # the watch caches follow within milliseconds
             report = ctl.reconciler.tick()
             assert ctl.wait_for_applies(timeout_s=10)
             cloud.sync()
@@ -239,6 +242,12 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
                 assert last_seen["spec"].get("unschedulable") is True, node
             evictions = [r for r in kube.requests("POST") if r.endswith("/eviction")]
             assert evictions, "pods left through the Eviction API"
+            # `kubectl describe` tells the story: Events on the Deployment and the Nodes, with the cause.
+            told = {(e["involvedObject"]["kind"], e["reason"]) for e in kube.items("events")}
+            assert {("Deployment", "BurstLaunch"), ("Node", "BurstJoin"), ("Node", "BurstDrain")} <= told
+            assert ("Deployment", "BurstReleased") in told, told
+            launches = [e for e in kube.items("events") if e["reason"] == "BurstLaunch"]
+            assert len(launches) == 3 and all(f"cause {burst_cause}" in e["message"] for e in launches)
             for _ in range(2):
                 tick()  # the released records leave the table
             assert ctl.store.load().records == {}
