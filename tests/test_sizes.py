@@ -15,7 +15,6 @@ MAX_FUNCTION_LINES = 80
 MAX_CONTROLLER_MODULE_LINES = 500
 OVER_THE_LIMIT = {
     "controller/adapters/kube.py": 544,
-    "controller/runtime/api.py:create_app": 120,
     "workloads/face_compare/api.py:create_app": 130,
 }
 """Known offenders, each capped at its present size so it can only shrink; an entry goes once it fits."""

@@ -136,7 +136,7 @@ def test_status_nodes_decisions_and_ledger_reflect_the_ticks(h: Harness) -> None
     assert [d["version"] for d in decisions] == [3, 2]
     older = h.http.get("/v1/decisions", params={"limit": 2, "cursor": page["next_cursor"]}).json()
     assert [d["version"] for d in older["items"]] == [1] and older["next_cursor"] is None
-    assert decisions[0]["at"] == api._utc(report.at).isoformat().replace("+00:00", "Z")
+    assert decisions[0]["at"] == api.models.utc(report.at).isoformat().replace("+00:00", "Z")
     assert decisions[0]["decision"]["reasons"] == list(report.decision.reasons)
     assert decisions[0]["inputs"]["metrics"]["face"]["rate_rps"] == 100.0
 
