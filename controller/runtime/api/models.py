@@ -70,6 +70,10 @@ class OverridesOut(_Out):
     budget_usd_per_hour: float | None
     max_nodes: dict[str, int]
     reason: str
+    drain: list[str] = pydantic.Field(
+        description="nodes asked to drain and release (POST /v1/nodes/{name}/drain)"
+    )
+    paused: list[str] = pydantic.Field(description="pools that neither launch nor release")
 
 
 class Health(_Out):
@@ -193,4 +197,6 @@ def overrides_out(ov: ports.Overrides) -> OverridesOut:
         budget_usd_per_hour=ov.budget_usd_per_hour,
         max_nodes=dict(ov.max_nodes),
         reason=ov.reason,
+        drain=list(ov.drain),
+        paused=list(ov.paused),
     )

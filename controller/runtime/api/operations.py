@@ -1,13 +1,15 @@
-"""The operator's side: overrides, reconcile-now and the burst policy (get, validate, hot reload)."""
+"""The operator's side: overrides, draining a node, pausing a pool, reconcile-now and the burst policy
+(get, validate, hot reload)."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Annotated, Any, Literal
 
 import fastapi
 
 from controller import ports
-from controller.core import policy
+from controller.core import model, policy
 from controller.runtime import auth, codec, logs, policy_file
 from controller.runtime.api.common import caller, request_id
 from controller.runtime.api.context import Context
@@ -31,9 +33,11 @@ def overrides_router(ctx: Context) -> fastapi.APIRouter:
 
     def put_overrides(body: OverridesIn, request: fastapi.Request) -> OverridesOut:
         caps = body.max_nodes.model_dump(by_alias=True, exclude_none=True)
-        ov = ports.Overrides(
-            hold=body.hold, budget_usd_per_hour=body.budget_usd_per_hour, max_nodes=caps, reason=body.reason
-        )
+        # Drains and pauses have their own calls; replacing the rest keeps them.
+        ov = dataclasses.replace(
+            ctx.store.overrides(), hold=body.hold, budget_usd_per_hour=body.budget_usd_per_hour,
+            max_nodes=caps, reason=body.reason,
+        )  # fmt: skip
         return _set_overrides(ctx, request, ov)
 
     # The body's schema names this controller's pools (resolved here: the annotations are strings).
@@ -45,6 +49,40 @@ def overrides_router(ctx: Context) -> fastapi.APIRouter:
     @r.delete("/overrides")
     def clear_overrides(request: fastapi.Request) -> OverridesOut:
         return _set_overrides(ctx, request, ports.Overrides())
+
+    @r.post("/nodes/{name}/drain", responses=problems(404, 409), operation_id="drain_node")
+    def drain(name: NodeName, request: fastapi.Request) -> OverridesOut:
+        """Drain one node and release it. The pool's max_nodes override drops to its other active nodes,
+        so demand does not relaunch it; `DELETE /v1/overrides` (or a PUT) lifts that cap."""
+        nodes = {n.name: n for n in ctx.store.nodes()}
+        rec = nodes.get(name)
+        if rec is None:
+            raise fastapi.HTTPException(404, f"no node {name!r} (GET /v1/nodes lists them)")
+        if rec.status not in model.ACTIVE:
+            raise fastapi.HTTPException(409, f"node {name!r} is {rec.status.value}: already leaving")
+        ov = ctx.store.overrides()
+        # Names already honoured (leaving or gone) drop out as new ones come in.
+        pending = tuple(n for n in ov.drain if n != name and n in nodes and nodes[n].status in model.ACTIVE)
+        others = sum(1 for n in nodes.values() if n.pool == rec.pool and n.status in model.ACTIVE) - 1
+        cap = min(ov.max_nodes.get(rec.pool, others), others)
+        new = dataclasses.replace(ov, drain=(*pending, name), max_nodes={**ov.max_nodes, rec.pool: cap})
+        out = _set_overrides(ctx, request, new)
+        _audit(ctx, request, "drain", target=name, before=rec.status.value, after="drain requested")
+        return out
+
+    # The path's schema lists this controller's pools.
+    pool_name = Annotated[Literal[tuple(sorted(ctx.pools))], fastapi.Path()]  # type: ignore[valid-type]
+
+    def pause(pool: str, request: fastapi.Request) -> OverridesOut:
+        """No launch and no release in the pool until resumed (the next tick reads it)."""
+        return _pause(ctx, request, pool, paused=True)
+
+    def resume(pool: str, request: fastapi.Request) -> OverridesOut:
+        return _pause(ctx, request, pool, paused=False)
+
+    for verb, fn in (("pause", pause), ("resume", resume)):
+        fn.__annotations__.update({"pool": pool_name, "request": fastapi.Request, "return": OverridesOut})
+        r.post(f"/pools/{{pool}}/{verb}")(fn)
 
     @r.post("/reconcile", responses=problems(503))
     def reconcile(request: fastapi.Request) -> Reconciled:
@@ -58,6 +96,29 @@ def overrides_router(ctx: Context) -> fastapi.APIRouter:
         return Reconciled(ticked=report is not None, report=None if report is None else codec.encode(report))
 
     return r
+
+
+NodeName = Annotated[str, fastapi.Path(max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def _pause(ctx: Context, request: fastapi.Request, pool: str, *, paused: bool) -> OverridesOut:
+    ov = ctx.store.overrides()
+    was = pool in ov.paused
+    names = sorted({*ov.paused, pool} if paused else set(ov.paused) - {pool})
+    out = _set_overrides(ctx, request, dataclasses.replace(ov, paused=tuple(names)))
+    state = {True: "paused", False: "running"}
+    _audit(ctx, request, "pause" if paused else "resume", target=pool, before=state[was], after=state[paused])
+    return out
+
+
+def _audit(
+    ctx: Context, request: fastapi.Request, action: str, *, target: str, before: str, after: str
+) -> None:
+    ctx.store.audit_change(
+        ctx.clock.now(), action, actor=request.state.actor, target=target, before=before, after=after,
+        request_id=request_id(request),
+    )  # fmt: skip
+    log.info(action, extra={"target": target, "by": request.state.actor, "request_id": request_id(request)})
 
 
 def _set_overrides(ctx: Context, request: fastapi.Request, ov: ports.Overrides) -> OverridesOut:

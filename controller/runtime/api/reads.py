@@ -91,7 +91,10 @@ def reads_router(ctx: Context) -> fastapi.APIRouter:
             report=None if report is None else codec.encode(report),
         )
 
-    @r.get("/nodes")
+    # The link tells clients (and schemathesis) where a drain's node name comes from.
+    drain_link = {"operationId": "drain_node", "parameters": {"name": "$response.body#/0/name"}}
+
+    @r.get("/nodes", responses={200: {"description": "burst nodes", "links": {"drain": drain_link}}})
     def nodes(include_released: bool = False) -> list[Node]:
         return [
             Node(
