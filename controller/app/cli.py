@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("controller.app.client", "API: the audit log"),
     "override": ("controller.app.client", "API: set (or --clear) the operator's overrides"),
     "reconcile": ("controller.app.client", "API: tick now"),
+    "drain": ("controller.app.client", "API: drain and release one node (not relaunched)"),
+    "pool": ("controller.app.client", "API: pause or resume a pool's launches and releases"),
     "token": ("controller.app.client", "admin API tokens"),
     "store": ("controller.app.store_admin", "the controller's SQLite store"),
     "bench-tick": (

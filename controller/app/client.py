@@ -1,4 +1,5 @@
-"""`gpuburst status|nodes|decisions|audit|override|reconcile|policy show|policy reload|token add`: a
+"""`gpuburst status|nodes|decisions|audit|override|drain|pool|reconcile|policy show|policy reload|whatif|
+token add`: a
 kubectl-like client of the admin API.
 
 The URL and token come from GPUBURST_URL and GPUBURST_TOKEN, else from the client config file
@@ -80,6 +81,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
     return str(value)
 
 
@@ -151,6 +154,16 @@ def _pool_cap(text: str) -> tuple[str, int]:
     if not pool or not n.isdigit():
         raise errors.UserError(f"--max-nodes {text!r}: expected POOL=N")
     return pool, int(n)
+
+
+def _drain(args: argparse.Namespace) -> int:
+    data = call("POST", f"/v1/nodes/{args.node}/drain")
+    return _emit(args, data, [data], ["drain", "max_nodes", "paused"])
+
+
+def _pool(args: argparse.Namespace) -> int:
+    data = call("POST", f"/v1/pools/{args.pool}/{args.verb}")
+    return _emit(args, data, [data], ["paused", "drain", "max_nodes"])
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -230,6 +243,13 @@ def register(sub: Any) -> None:
     p.add_argument("--clear", action="store_true", help="remove every override")
     p.set_defaults(func=_override)
     sub.add_parser("reconcile", parents=[out], help="API: tick now").set_defaults(func=_reconcile)
+    p = sub.add_parser("drain", parents=[out], help="API: drain and release one node (not relaunched)")
+    p.add_argument("node")
+    p.set_defaults(func=_drain)
+    p = sub.add_parser("pool", parents=[out], help="API: pause or resume a pool's launches and releases")
+    p.add_argument("verb", choices=("pause", "resume"))
+    p.add_argument("pool")
+    p.set_defaults(func=_pool)
 
     p = sub.add_parser("token", help="admin API tokens")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")

@@ -56,6 +56,8 @@ class Event(enum.Enum):
     """The node carries an interruption taint."""
     SCALE_DOWN = "scale_down"
     """The decision wants fewer active nodes; this one goes (not-yet-serving ones first)."""
+    OPERATOR_DRAIN = "operator_drain"
+    """An operator asked to drain and release this node."""
     DRAINED = "drained"
     """No pods left on the node, or the node left the cluster."""
     DRAIN_TIMEOUT = "drain_timeout"
@@ -97,6 +99,9 @@ TABLE: Final[Mapping[tuple[model.NodeStatus | None, Event], Row]] = {
     (S.READY, Event.SCALE_DOWN): Row(S.DRAINING, "scale down", _DRAIN),
     (S.REQUESTED, Event.SCALE_DOWN): Row(S.RELEASING, "scale down", _RELEASE),
     (S.PROVISIONING, Event.SCALE_DOWN): Row(S.RELEASING, "scale down", _RELEASE),
+    (S.READY, Event.OPERATOR_DRAIN): Row(S.DRAINING, "operator drain", _DRAIN),
+    (S.REQUESTED, Event.OPERATOR_DRAIN): Row(S.RELEASING, "operator drain", _RELEASE),
+    (S.PROVISIONING, Event.OPERATOR_DRAIN): Row(S.RELEASING, "operator drain", _RELEASE),
     (S.DRAINING, Event.DRAINED): Row(S.RELEASING, "drained", _RELEASE),
     (S.DRAINING, Event.VANISHED): Row(S.RELEASING, "instance gone while draining", _RELEASE),
     (S.DRAINING, Event.DRAIN_TIMEOUT): Row(S.RELEASING, "drain timeout {drain_s:.0f} s", _RELEASE),
@@ -257,6 +262,20 @@ def _advance(
         return rec
     event, figures = step
     return _move(rec, event, now, out, **figures)
+
+
+def drain_named(
+    records: Mapping[str, model.NodeRecord], names: Iterable[str], *, at: float
+) -> tuple[dict[str, model.NodeRecord], tuple[model.Transition, ...]]:
+    """Move the named nodes that are still active out of service; names already leaving, or unknown,
+    are left alone (the request was honoured earlier, or the node is gone)."""
+    out: list[model.Transition] = []
+    new = dict(records)
+    for name in names:
+        rec = new.get(name)
+        if rec is not None and rec.status in model.ACTIVE:
+            new[name] = _move(rec, Event.OPERATOR_DRAIN, at, out)
+    return new, tuple(out)
 
 
 def tally(records: Iterable[model.NodeRecord]) -> dict[str, dict[model.NodeStatus, int]]:

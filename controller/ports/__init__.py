@@ -76,6 +76,11 @@ class Overrides:
     max_nodes: Mapping[str, int] = field(default_factory=dict)
     """Per pool: lowers the pool's `max_nodes`; 0 releases the pool."""
     reason: str = ""
+    drain: tuple[str, ...] = ()
+    """Nodes to drain and release (the API lowers their pool's `max_nodes` with each, so that demand does
+    not relaunch them)."""
+    paused: tuple[str, ...] = ()
+    """Pools that neither launch nor release (failed nodes still go)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,8 @@ class Reconciler:
         snap = self.store.load()
         setup = overridden(self.setup, snap.overrides)
         records, transitions = lifecycle.sync(snap.records, obs, timeouts=setup.timeouts)
+        records, drained = lifecycle.drain_named(records, snap.overrides.drain, at=now)
+        transitions += drained
         synced_tally = lifecycle.tally(records.values())
         hold = ("operator hold" + (f": {snap.overrides.reason}" if snap.overrides.reason else ""),)
 
@@ -118,6 +120,7 @@ class Reconciler:
             operator_hold=snap.overrides.hold,
         )
         decision, policy_state = policy.decide(inputs, snap.policy_state, setup.policy)
+        decision = paused(decision, snap.overrides.paused, active=inputs.active)
         plan = lifecycle.plan(
             records, decision, workloads=setup.workloads, pools=setup.pools, cluster=obs.cluster
         )
@@ -227,6 +230,23 @@ def overridden(setup: Setup, overrides: ports.Overrides) -> Setup:
     return dataclasses.replace(
         setup, pools=pools, policy=dataclasses.replace(setup.policy, budget_usd_per_hour=budget)
     )
+
+
+def paused(decision: model.Decision, pools: Sequence[str], *, active: Mapping[str, int]) -> model.Decision:
+    """The decision with each paused pool's target held at its active nodes: no launch, no release."""
+    held = {p: active.get(p, 0) for p in pools if p in decision.target_nodes}
+    if not held:
+        return decision
+    target = {**decision.target_nodes, **held}
+    before, after = sum(active.values()), sum(target.values())
+    action = decision.action
+    if action is not model.Action.HOLD:
+        steady = model.Action.STEADY
+        action = (
+            model.Action.SCALE_UP if after > before else model.Action.SCALE_DOWN if after < before else steady
+        )
+    reasons = decision.reasons + tuple(f"{p}: paused by the operator" for p in sorted(held))
+    return dataclasses.replace(decision, target_nodes=target, action=action, reasons=reasons)
 
 
 def _inputs_summary(inputs: policy.DecisionInputs) -> dict[str, object]:

@@ -70,3 +70,20 @@ def test_errors_are_one_line_with_exit_2(
     monkeypatch.setenv("GPUBURST_TOKEN", "gb_wrong")
     assert cli.main(["status"]) == 2
     assert "401: the bearer token is not known" in capsys.readouterr().err
+
+
+def test_drain_and_pool_pause_through_the_client(
+    world: fake_world.World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.metrics.set("face", 100.0)
+    world.rec.tick()
+    node = world.store.nodes()[0]
+    assert cli.main(["drain", node.name, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["drain"] == [node.name]
+    assert cli.main(["pool", "pause", "ondemand"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("ondemand")
+    assert world.store.overrides().paused == ("ondemand",)
+    assert cli.main(["pool", "resume", "ondemand"]) == 0
+    assert world.store.overrides().paused == ()
+    moves = {t.node: t.reason for t in world.rec.tick().transitions}
+    assert moves[node.name] == "operator drain"

@@ -48,6 +48,11 @@ def plan(records: Mapping[str, model.NodeRecord], target: int) -> Moved:
     return p.transitions, p.records
 
 
+def drain(rec: model.NodeRecord) -> Moved:
+    records, moves = lifecycle.drain_named({rec.name: rec}, ["n", "unknown"], at=NOW)
+    return moves, records
+
+
 def joined(**kw: object) -> model.ClusterNode:
     return model.ClusterNode("n", "spot", ready=True, **kw)  # type: ignore[arg-type]
 
@@ -74,6 +79,9 @@ CASES: dict[tuple[model.NodeStatus | None, lifecycle.Event], Callable[[], Moved]
     (S.READY, E.SCALE_DOWN): lambda: plan({"n": record(S.READY)}, 0),
     (S.REQUESTED, E.SCALE_DOWN): lambda: plan({"n": record(S.REQUESTED)}, 0),
     (S.PROVISIONING, E.SCALE_DOWN): lambda: plan({"n": record(S.PROVISIONING)}, 0),
+    (S.READY, E.OPERATOR_DRAIN): lambda: drain(record(S.READY)),
+    (S.REQUESTED, E.OPERATOR_DRAIN): lambda: drain(record(S.REQUESTED)),
+    (S.PROVISIONING, E.OPERATOR_DRAIN): lambda: drain(record(S.PROVISIONING)),
     (S.DRAINING, E.DRAINED): lambda: sync(record(S.DRAINING), instances={"n": "i-1"}, node=joined(pods=0)),
     (S.DRAINING, E.VANISHED): lambda: sync(record(S.DRAINING), node=joined(pods=2)),
     (S.DRAINING, E.DRAIN_TIMEOUT): lambda: sync(
@@ -110,3 +118,9 @@ def test_a_move_the_table_lacks_raises() -> None:
 def test_released_records_leave_the_table() -> None:
     moves, records = sync(record(S.RELEASED))
     assert moves == () and records == {}
+
+
+@pytest.mark.parametrize("status", [S.DRAINING, S.RELEASING, S.FAILED, S.RELEASED])
+def test_an_operator_drain_leaves_a_node_that_is_already_leaving_alone(status: model.NodeStatus) -> None:
+    moves, records = drain(record(status))
+    assert moves == () and records["n"].status is status

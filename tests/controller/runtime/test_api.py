@@ -136,7 +136,7 @@ def test_status_nodes_decisions_and_ledger_reflect_the_ticks(h: Harness) -> None
     assert [d["version"] for d in decisions] == [3, 2]
     older = h.http.get("/v1/decisions", params={"limit": 2, "cursor": page["next_cursor"]}).json()
     assert [d["version"] for d in older["items"]] == [1] and older["next_cursor"] is None
-    assert decisions[0]["at"] == api._utc(report.at).isoformat().replace("+00:00", "Z")
+    assert decisions[0]["at"] == api.models.utc(report.at).isoformat().replace("+00:00", "Z")
     assert decisions[0]["decision"]["reasons"] == list(report.decision.reasons)
     assert decisions[0]["inputs"]["metrics"]["face"]["rate_rps"] == 100.0
 
@@ -335,3 +335,62 @@ def test_a_cap_counts_only_nodes_that_are_not_leaving(h: Harness) -> None:
         assert report.decision.target_nodes["spot"] == 1, report.decision.reasons
     assert report.nodes["spot"] == {"ready": 1}
     assert set(h.world.infra.instances) < launched, "the kept node is one of the three; nothing relaunched"
+
+
+def _ready_node(h: Harness, pool: str) -> str:
+    return next(
+        n["name"] for n in h.http.get("/v1/nodes").json() if n["pool"] == pool and n["status"] == "ready"
+    )
+
+
+def test_a_drained_node_is_released_and_not_relaunched(h: Harness) -> None:
+    h.world.metrics.set("face", 100.0)
+    for _ in range(20):  # boot, and let the scale-up settle
+        h.tick(15)
+    before = h.tick(15).decision.target_nodes
+    victim = _ready_node(h, "spot")
+    r = h.http.post(f"/v1/nodes/{victim}/drain")
+    assert r.status_code == 200 and r.json()["drain"] == [victim]
+    assert r.json()["max_nodes"] == {"spot": before["spot"] - 1}
+    report = h.tick(15)
+    moves = [(t.node, t.before, t.after, t.reason) for t in report.transitions if t.node == victim]
+    assert moves[0] == (victim, model.NodeStatus.READY, model.NodeStatus.DRAINING, "operator drain")
+    assert report.decision.target_nodes["spot"] == before["spot"] - 1
+    for _ in range(4):
+        report = h.tick(15)
+    assert victim not in h.world.infra.instances
+    assert report.decision.target_nodes["spot"] == before["spot"] - 1  # not relaunched
+    again = h.http.post(f"/v1/nodes/{victim}/drain")
+    assert again.status_code in (404, 409)
+    assert h.http.post("/v1/nodes/no-such-node/drain").status_code == 404
+    assert h.http.post(f"/v1/nodes/{victim}/drain", headers=bearer("viewer")).status_code == 403
+    (row,) = h.http.get("/v1/audit", params={"action": "drain"}).json()["items"]
+    assert (row["actor"], row["target"], row["before"], row["after"]) == (
+        "operator",
+        victim,
+        "ready",
+        "drain requested",
+    )
+
+
+def test_a_paused_pool_neither_launches_nor_releases(h: Harness) -> None:
+    h.world.metrics.set("face", 100.0)
+    h.tick()
+    r = h.http.post("/v1/pools/spot/pause")
+    assert r.status_code == 200 and r.json()["paused"] == ["spot"]
+    assert h.http.put("/v1/overrides", json={"reason": "kept"}).json()["paused"] == ["spot"]
+    spot = {n for n, p in h.world.store.load().records.items() if p.pool == "spot"}
+    h.world.metrics.set("face", 400.0)  # wants far more
+    report = h.tick(15)
+    assert "spot: paused by the operator" in report.decision.reasons
+    h.world.metrics.set("face", 0.0)  # wants none
+    for _ in range(60):
+        report = h.tick(15)
+    assert {n for n, p in h.world.store.load().records.items() if p.pool == "spot"} == spot
+    assert h.http.post("/v1/pools/spot/resume").json()["paused"] == []
+    for _ in range(60):
+        report = h.tick(15)
+    assert report.decision.target_nodes["spot"] < len(spot)
+    assert h.http.post("/v1/pools/gpu-moon/pause").status_code == 422
+    actions = [a["action"] for a in h.http.get("/v1/audit").json()["items"] if a["target"] == "spot"]
+    assert actions == ["resume", "pause"]

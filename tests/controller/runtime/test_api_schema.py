@@ -34,6 +34,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         policy_path=policy_file.DEFAULT,
         apply_policy=lambda p: setattr(w.rec, "setup", dataclasses.replace(w.rec.setup, policy=p)),
     )
+    w.metrics.set("face", 100.0)  # nodes for the drain call to find
     w.rec.tick()
     srv = api.Server(api.create_app(ctx), host="127.0.0.1", port=0).start()
     yield srv.url

@@ -357,6 +357,8 @@ def test_overrides_persist_across_store_objects_and_are_audited(tmp_path: Path) 
             "budget_usd_per_hour": 5.0,
             "max_nodes": {"spot": 1},
             "reason": "incident 42",
+            "drain": [],
+            "paused": [],
         }
         assert second.actor == "bob" and second.before == first.after
     finally:
