@@ -22,8 +22,9 @@ prometheus:
 	  ( $(SUDO) apt-get update -q && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus )
 
-demo: venv
-	$(BIN)/gpuburst simulate --scenario flash-crowd --plot flash-crowd.png
+# The live loop on this machine (~4 min): Prometheus, local workers, the flash-crowd trace compressed.
+demo: venv prometheus
+	$(BIN)/gpuburst demo --plot demo.png
 
 lint: venv
 	$(BIN)/ruff check .

@@ -54,7 +54,9 @@ class _Worker:
     ready: bool = False
     cordoned: bool = False
     draining: bool = False
-    """SIGTERM sent by a drain: its exit is expected and the "machine" stays until released."""
+    """Drained: out of the load balancer, its exit is expected and the "machine" stays until released."""
+    term_at: float | None = None
+    """When a drained worker gets its SIGTERM (once the load balancer has stopped sending it work)."""
     released_at: float | None = None
     """Left the node set: SIGTERM sent, waiting to reap it."""
     killed: bool = False
@@ -79,7 +81,9 @@ class LocalPool:
     `command` is the argv template of a worker (`{host}`, `{port}`, `{pool}` and `{node}` are filled in
     per worker): the config names the workload's; tests pass a small stand-in. `boot_delay_s` is measured
     on `clock` and simulates a node booting; `stop_timeout_s` (also on `clock`) is how long a SIGTERM may
-    take before SIGKILL.
+    take before SIGKILL. `deregister_s` (on `clock`) is how long a drained worker, cordoned and so out
+    of the load balancer, keeps serving before its SIGTERM: requests routed to it a moment before the
+    cordon still find it accepting (a load balancer's deregistration delay, a pod's preStop sleep).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class LocalPool:
         log_dir: str | Path | None = None,
         cwd: str | Path = IMPORT_ROOT,
         stop_timeout_s: float = 30.0,
+        deregister_s: float = 0.0,
         probe_timeout_s: float = 0.5,
     ) -> None:
         if not pools:
@@ -113,6 +118,7 @@ class LocalPool:
         )
         self.cwd = Path(cwd)
         self.stop_timeout_s = stop_timeout_s
+        self.deregister_s = deregister_s
         self.probe_timeout_s = probe_timeout_s
         self.replicas: dict[tuple[str, str], int] = {}
         self._lock = threading.RLock()
@@ -204,7 +210,8 @@ class LocalPool:
                 worker.cordoned = True
 
     def drain(self, node: str) -> int:
-        """SIGTERM the worker (once) so it drains and exits; later calls report whether it is gone."""
+        """Cordon the worker and, `deregister_s` later, SIGTERM it (once) so it finishes what it has and
+        exits; later calls report whether it is gone."""
         with self._lock:
             self._advance()
             worker = self._workers.get(node)
@@ -213,8 +220,9 @@ class LocalPool:
             if not worker.draining:
                 worker.draining = True
                 worker.cordoned = True
-                self._signal(worker, signal.SIGTERM)
+                worker.term_at = self.clock.now() + self.deregister_s
                 log.info("worker draining", extra={"node": node, "pool": worker.pool})
+                self._advance()
             self._reap(worker)
             return 1 if worker.alive else 0
 
@@ -273,6 +281,9 @@ class LocalPool:
             if worker.process is None and not worker.vanished and worker.start_at <= now:
                 self._start(worker)
             elif worker.alive:
+                if worker.term_at is not None and worker.term_at <= now:
+                    worker.term_at = None
+                    self._signal(worker, signal.SIGTERM)
                 self._reap(worker)
                 if not worker.alive and not worker.draining:
                     # Nobody asked it to stop: to the controller this is an instance that vanished.

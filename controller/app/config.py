@@ -87,6 +87,8 @@ class LocalAdapterConfig(_Model):
     """argv template ({host}, {port}, {pool}, {node}); default: WORKER_COMMAND (face-compare on the CPU)."""
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     stop_timeout_s: float = pydantic.Field(default=30.0, gt=0)
+    deregister_s: float = pydantic.Field(default=0.0, ge=0)
+    """How long a drained worker stays up, out of the load balancer, before its SIGTERM."""
     targets_file: Path | None = None
     """A Prometheus file_sd file listing the live workers (scrape it with a file_sd_configs job)."""
     log_dir: Path | None = None

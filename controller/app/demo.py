@@ -1,11 +1,14 @@
 """`gpuburst demo`: the whole loop on this machine, in real time, for a few minutes.
 
-What runs: Debian's Prometheus (scraping every 2 s through file_sd), one private face-compare worker,
-and the live controller of `examples/local.yaml` (local capacity: each burst "node" is a face-compare
-worker process started after a simulated boot delay), with its admin API and jobs. A load generator
-sends open-loop `/v1/verify` requests (two synthetic faces each) to the ready workers, round robin, as a
-Service would: low, then a peak that needs burst workers, then low again until they are released.
-Progress is one line per tick on stdout; a summary (and `--json`) at the end.
+What runs: Debian's Prometheus (scraping every 2 s through file_sd, with the project's recording and
+alert rules loaded), one private face-compare worker, and the live controller of `examples/local.yaml`
+(local capacity: each burst "node" is a face-compare worker process started after a simulated boot
+delay), with its admin API and jobs. A load generator replays a shipped trace (flash-crowd) compressed
+to a few minutes and rescaled to this machine: open-loop `/v1/verify` requests (two synthetic faces
+each), round robin over the ready, uncordoned workers as a Service would (a drained worker leaves the
+rotation before its SIGTERM and finishes what it has). Progress is one line per tick on stdout; at the
+end a report (SLO measured from the real requests, node-seconds, cost, and the simulator's figures for
+the same compressed trace and setup), a plot (`--plot`) and `--json`.
 
 On one machine the burst workers share its CPUs, so the extra capacity is a stand-in: the demo shows the
 control loop (metrics -> decision -> workers launched, ready, serving, drained, released), not speed-up.
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 
 from controller.adapters import local as local_adapter
@@ -44,9 +48,10 @@ from controller.runtime import errors, logs
 
 PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "prometheus")
 SCRAPE_S = 2.0
-# The profile, as fractions of the run: low, peak, low (long enough for the release to show).
-PROFILE = ((0.25, 0.4), (0.55, 1.0), (1.0, 0.4))
-"""(until fraction of the run, fraction of the peak rate)."""
+RULES_DIR = local_adapter.IMPORT_ROOT / "dashboards" / "rules"
+"""The recording and alert rules `python -m dashboards.build` writes."""
+PEAK_PER_GPU_RPS = 2.5
+"""The default peak, in private workers' worth of load: enough to need a few burst workers."""
 
 
 def _free_port() -> int:
@@ -109,6 +114,17 @@ class Processes:
                 proc.wait()
 
 
+def trace_rates(name: str, seconds: int, peak_rps: float) -> np.ndarray:
+    """A shipped scenario's trace squeezed into `seconds` one-second rates, its peak second `peak_rps`."""
+    from controller.sim import scenario
+
+    arrivals = scenario.load(name).arrivals
+    if len(arrivals) < seconds:
+        raise errors.UserError(f"demo: trace {name!r} is shorter ({len(arrivals)} s) than the run")
+    rates = np.asarray([chunk.mean() for chunk in np.array_split(arrivals, seconds)])
+    return np.asarray(rates * (peak_rps / rates.max()))
+
+
 def start_prometheus(ps: Processes, *, port: int, targets_dir: Path, controller: str) -> str:
     binary = shutil.which(PROMETHEUS)
     if binary is None:
@@ -116,8 +132,16 @@ def start_prometheus(ps: Processes, *, port: int, targets_dir: Path, controller:
             "demo: the `prometheus` binary is not installed (Debian/Ubuntu: apt-get install prometheus, "
             "or `make prometheus`; PROMETHEUS_BIN names another one)"
         )
+    rules = sorted(RULES_DIR.glob("*.yaml"))
+    if not rules:
+        raise errors.UserError(f"demo: no rule files in {RULES_DIR} (python -m dashboards.build writes them)")
     cfg = {
-        "global": {"scrape_interval": f"{SCRAPE_S:g}s", "scrape_timeout": f"{SCRAPE_S:g}s"},
+        "global": {
+            "scrape_interval": f"{SCRAPE_S:g}s",
+            "scrape_timeout": f"{SCRAPE_S:g}s",
+            "evaluation_interval": f"{SCRAPE_S:g}s",
+        },
+        "rule_files": [str(p) for p in rules],
         "scrape_configs": [
             {
                 "job_name": "face-compare",
@@ -182,9 +206,10 @@ def demo_config(source: Path, workdir: Path, *, prometheus_url: str, api_port: i
 
 # -- load -----------------------------------------------------------------------------------------------
 class Load:
-    """Open-loop verify requests at the profile's rate, round robin over the ready workers."""
+    """Open-loop verify requests, round robin over the ready workers: the first rate until `begin()`,
+    then one rate per second of `rates`; done when they run out."""
 
-    def __init__(self, *, endpoints: Callable[[], list[str]], peak_rps: float, seconds: float) -> None:
+    def __init__(self, *, endpoints: Callable[[], list[str]], rates: np.ndarray) -> None:
         from workloads.face_compare import bench as fc_bench  # the workers this demo starts
 
         faces = [base64.b64encode(f).decode() for f in fc_bench.synthetic_faces(8)]
@@ -192,58 +217,71 @@ class Load:
             {"image_a": faces[i], "image_b": faces[(i + 1) % len(faces)]} for i in range(len(faces))
         ]
         self.endpoints = endpoints
-        self.peak_rps = peak_rps
-        self.seconds = seconds
+        self.rates = [float(r) for r in rates]
         self.clock = clock_mod.SystemClock()
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.began: float | None = None
+        self.targets: list[str] = []
         self.sent = 0
         self.codes: dict[str, int] = {}
-        self.latencies: list[float] = []
+        self.results: list[tuple[float, float, str]] = []
+        """(seconds into the trace when sent, latency, status code or error) of every request."""
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="demo-load")
         self.http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=64))
         self.thread = threading.Thread(target=self._run, name="demo-load", daemon=True)
 
-    def rate(self, elapsed: float) -> float:
-        for until, share in PROFILE:
-            if elapsed < until * self.seconds:
-                return share * self.peak_rps
-        return PROFILE[-1][1] * self.peak_rps
+    def begin(self) -> None:
+        self.began = self.clock.now()
+
+    def rate(self, now: float) -> float | None:
+        if self.began is None:
+            return self.rates[0]
+        second = int(now - self.began)
+        return self.rates[second] if second < len(self.rates) else None
 
     def _run(self) -> None:
-        start = self.clock.now()
-        due = start
-        targets: list[str] = []
+        due = self.clock.now()
         refreshed = -math.inf
         i = 0
         while not self.stop.is_set():
             now = self.clock.now()
-            elapsed = now - start
-            if elapsed >= self.seconds:
+            rate = self.rate(now)
+            if rate is None:
                 return
-            if now - refreshed >= 1.0:
+            if now - refreshed >= 0.5:
                 targets, refreshed = list(self.endpoints()), now
+                with self.lock:
+                    self.targets = targets
             if now < due:
-                self.stop.wait(min(due - now, 0.2))
+                self.stop.wait(min(due - now, 0.1))
                 continue
-            due += 1.0 / max(self.rate(elapsed), 0.1)
-            if targets:
-                self.pool.submit(self._send, targets[i % len(targets)], self.bodies[i % len(self.bodies)])
-                i += 1
+            due = max(due, now - 1.0) + 1.0 / max(rate, 0.05)
+            self.pool.submit(self._send, i)
+            i += 1
 
-    def _send(self, url: str, body: dict[str, str]) -> None:
+    def _send(self, i: int) -> None:
+        # The worker is picked when the request goes out, not when it was queued: a queued request
+        # must not reach a worker that has left the rotation since.
+        with self.lock:
+            targets = self.targets
+        if not targets:
+            return
+        url = targets[i % len(targets)]
+        sent_at = self.clock.now() - self.began if self.began is not None else -1.0
         watch = clock_mod.Stopwatch()
         try:
             code = str(
-                self.http.post(f"{url}/v1/verify", json=body, headers={"X-Tier": "normal"}).status_code
+                self.http.post(
+                    f"{url}/v1/verify", json=self.bodies[i % len(self.bodies)], headers={"X-Tier": "normal"}
+                ).status_code
             )
         except httpx.HTTPError as exc:
             code = type(exc).__name__
         with self.lock:
             self.sent += 1
             self.codes[code] = self.codes.get(code, 0) + 1
-            if code == "200":
-                self.latencies.append(watch.elapsed())
+            self.results.append((sent_at, watch.elapsed(), code))
 
     def start(self) -> None:
         self.thread.start()
@@ -254,28 +292,48 @@ class Load:
         self.pool.shutdown(wait=True)
         self.http.close()
 
-    def summary(self) -> dict[str, Any]:
+    def status(self) -> str:
         with self.lock:
-            lat = sorted(self.latencies)
-            codes = dict(self.codes)
-            sent = self.sent
+            failed = self.sent - self.codes.get("200", 0)
+            return f"{self.sent} sent, {failed} failed"
+
+    def summary(self, slo_s: float) -> dict[str, Any]:
+        """Over the trace's requests (the warm-up before it is left out)."""
+        with self.lock:
+            results = [r for r in self.results if r[0] >= 0]
+        ok = sorted(lat for _, lat, code in results if code == "200")
+        codes: dict[str, int] = {}
+        for _, _, code in results:
+            codes[code] = codes.get(code, 0) + 1
 
         def q(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
+            return round(ok[min(len(ok) - 1, int(p * len(ok)))] * 1000, 1) if ok else None
 
-        return {"requests": sent, "codes": codes, "p50_ms": q(0.5), "p99_ms": q(0.99)}
+        met = sum(1 for lat in ok if lat <= slo_s)
+        return {
+            "requests": len(results),
+            "codes": codes,
+            "failed": len(results) - len(ok),
+            "slo_s": slo_s,
+            "slo_attainment": round(met / len(results), 4) if results else None,
+            "p50_ms": q(0.5),
+            "p99_ms": q(0.99),
+        }
 
 
 # -- the run ------------------------------------------------------------------------------------------------
 class Progress:
     """One line per tick, and the reasons whenever the decision is not steady."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, load: Load) -> None:
         self.out = out
+        self.load = load
         self.clock = clock_mod.SystemClock()
         self.start = self.clock.now()
         self.peak_nodes = 0
         self.actions: dict[str, int] = {}
+        self.timeline: list[tuple[float, int]] = []
+        """(seconds into the trace, burst nodes) at each tick."""
 
     def __call__(self, report: model.TickReport) -> None:
         d = report.decision
@@ -288,9 +346,13 @@ class Progress:
         )
         targets = ", ".join(f"{p}={n}" for p, n in d.target_nodes.items()) or "-"
         elapsed = self.clock.now() - self.start
+        if self.load.began is not None:
+            self.timeline.append(
+                (self.clock.now() - self.load.began, sum(sum(c.values()) for c in counts.values()))
+            )
         print(
             f"[{elapsed:5.0f}s] {demand} | target {targets} | {nodes or 'no burst nodes'} | "
-            f"{d.action.value} | {report.usd_per_hour:.2f} USD/h",
+            f"{d.action.value} | {report.usd_per_hour:.2f} USD/h | {self.load.status()}",
             file=self.out,
             flush=True,
         )
@@ -320,7 +382,7 @@ def _workdir(given: Path | None) -> Iterator[Path]:
 def main(args: argparse.Namespace) -> int:
     logs.configure("warning")
     out = sys.stdout
-    seconds = args.minutes * 60.0
+    seconds = round(args.minutes * 60.0)
     if seconds < 60:
         raise errors.UserError("demo: --minutes must be at least 1 (a burst needs time to boot and release)")
     with _workdir(args.workdir) as workdir:
@@ -335,13 +397,11 @@ def main(args: argparse.Namespace) -> int:
             prom_url = start_prometheus(
                 ps, port=_free_port(), targets_dir=targets_dir, controller=f"127.0.0.1:{api_port}"
             )
-            print(f"prometheus   {prom_url}", file=out, flush=True)
+            print(f"prometheus   {prom_url} ({_rule_counts(prom_url)})", file=out, flush=True)
             private = start_private_worker(ps, targets_dir=targets_dir)
             print(f"private      {private} (1 worker)", file=out, flush=True)
             loaded = demo_config(args.config, workdir, prometheus_url=prom_url, api_port=api_port)
             ctl = live.build(loaded)
-            progress = Progress(out)
-            ctl.reconciler.observers.append(progress)
             server = ctl.start_api()
             if server is not None:
                 ctl.closers.append(server.stop)
@@ -349,10 +409,11 @@ def main(args: argparse.Namespace) -> int:
                     f"admin API    {server.url}  (/v1/status, /v1/decisions, /metrics)", file=out, flush=True
                 )
             workload = ctl.setup.workloads[0]
-            peak = args.peak_rps or 2.0 * workload.gpu_rps
+            peak = args.peak_rps or PEAK_PER_GPU_RPS * workload.gpu_rps * max(workload.private_gpus, 1)
+            rates = trace_rates(args.trace, seconds, peak)
             print(
-                f"load         {seconds / 60:g} min: {PROFILE[0][1] * peak:.1f} req/s, peak {peak:.1f} req/s "
-                f"(one worker stands in for {workload.gpu_rps:g} req/s), then back down",
+                f"load         trace {args.trace} in {seconds} s, peak {peak:.1f} req/s "
+                f"(one worker stands in for {workload.gpu_rps:g} req/s)",
                 file=out,
                 flush=True,
             )
@@ -364,10 +425,12 @@ def main(args: argparse.Namespace) -> int:
                 burst = [url for lp in pools for n, url in lp.endpoints().items() if n in ready]
                 return [private, *burst]
 
-            load = Load(endpoints=endpoints, peak_rps=peak, seconds=seconds)
+            load = Load(endpoints=endpoints, rates=rates)
+            progress = Progress(out, load)
+            ctl.reconciler.observers.append(progress)
             load.start()
-            # The controller starts once Prometheus has a full rate window of the base load: a rate
-            # still filling its window reads as a rising trend.
+            # The trace and the controller start once Prometheus has a full rate window of the first
+            # rate: a rate still filling its window reads as a rising trend.
             window = _window_s(ctl)
             _wait(
                 lambda: _rate_known(prom_url, window),
@@ -375,10 +438,11 @@ def main(args: argparse.Namespace) -> int:
                 timeout_s=window + 60,
             )
             print(f"controller   ticking every {loaded.config.tick_interval_s:g} s", file=out, flush=True)
+            load.begin()
             ctl.jobs.start()
             ctl.closers.append(ctl.jobs.shutdown)
             load.thread.join()
-            # The load is over; give the controller the time its policy needs to let the last node go.
+            # The trace is over; give the controller the time its policy needs to let the last node go.
             policy = ctl.setup.policy
             boot = max((p.boot_s for p in ctl.setup.pools), default=0.0)
             grace = policy.keep_factor * boot + policy.horizon_extra_s + policy.drain_timeout_s
@@ -386,7 +450,10 @@ def main(args: argparse.Namespace) -> int:
             deadline = clock.now() + grace
             while clock.now() < deadline and _burst_nodes_left(ctl):
                 clock.sleep(1.0)
+            load.close()
             summary = _summary(ctl, load, progress)
+            sim = simulated(ctl, rates, workdir, window_s=window)
+            summary["simulated"] = sim.figures
         finally:
             if load is not None:
                 load.close()
@@ -394,9 +461,111 @@ def main(args: argparse.Namespace) -> int:
                 ctl.close()
             ps.stop()
         _print_summary(summary, out)
+        if args.plot is not None:
+            plot(args.plot, rates=rates, load=load, progress=progress, sim=sim, trace=args.trace)
+            print(f"  plot         {args.plot}", file=out)
         if args.json_out is not None:
             args.json_out.write_text(json.dumps(summary, indent=2) + "\n")
         return 0
+
+
+def _rule_counts(prom_url: str) -> str:
+    """What Prometheus loaded of the rule files: "N recording rules, M alerts"."""
+    groups = httpx.get(f"{prom_url}/api/v1/rules", timeout=5.0).json()["data"]["groups"]
+    kinds = [r["type"] for g in groups for r in g["rules"]]
+    return f"{kinds.count('recording')} recording rules, {kinds.count('alerting')} alerts loaded"
+
+
+@dataclass
+class Simulated:
+    figures: dict[str, Any]
+    burst_nodes: np.ndarray
+    """Billed burst nodes in each second of the trace."""
+
+
+def simulated(ctl: live.Controller, rates: np.ndarray, workdir: Path, *, window_s: float) -> Simulated:
+    """The simulator's gpuburst on the same compressed trace, workload, pools, scrape and policy."""
+    from controller.sim import contenders, scenario
+
+    workload = ctl.setup.workloads[0]
+    trace = workdir / "trace.csv"
+    trace.write_text("t_seconds,requests\n" + "".join(f"{t},{r:.4f}\n" for t, r in enumerate(rates)))
+    data = {
+        "name": f"demo-{workload.name}",
+        "trace": trace.name,
+        "service": {
+            "gpu_rps": workload.gpu_rps,
+            "service_time_ms": workload.service_time_s * 1000,
+            "slo_ms": workload.slo_s * 1000,
+            "timeout_s": workload.timeout_s,
+        },
+        "private": {"gpus": workload.private_gpus},
+        "pools": [
+            {
+                "name": p.name,
+                "gpus_per_node": p.gpus_per_node,
+                "price_per_hour": p.price_per_hour,
+                "boot_s": p.boot_s,
+                "max_nodes": p.max_nodes,
+                "spot": p.spot,
+            }
+            for p in ctl.setup.pools
+        ],
+        "metrics": {"scrape_interval_s": int(SCRAPE_S), "rate_window_s": max(int(window_s), int(SCRAPE_S))},
+    }
+    path = workdir / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = contenders.run(scenario.parse(data, path=path), "gpuburst", burst_policy=ctl.setup.policy)
+    return Simulated(
+        figures={
+            "scenario": str(path),
+            "requests": round(run.arrived),
+            "slo_attainment": round(run.slo_attainment, 4),
+            "p99_ms": round(run.p99_latency_s * 1000, 1),
+            "node_seconds": float(run.billed_nodes.sum()),
+            "usd": round(run.cost_usd, 4),
+            "peak_burst_nodes": run.max_burst_nodes,
+        },
+        burst_nodes=run.billed_nodes,
+    )
+
+
+def plot(
+    path: Path, *, rates: np.ndarray, load: Load | None, progress: Progress, sim: Simulated, trace: str
+) -> None:
+    """Requests sent and failed against the trace; burst nodes live against the simulator's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_load, ax_nodes) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    t = np.arange(len(rates))
+    ax_load.plot(t, rates, color="#999999", label=f"{trace} (compressed)")
+    if load is not None:
+        sent = np.zeros(len(rates))
+        failed = np.zeros(len(rates))
+        for sent_at, _, code in load.results:
+            if 0 <= sent_at < len(rates):
+                sent[int(sent_at)] += 1
+                if code != "200":
+                    failed[int(sent_at)] += 1
+        ax_load.plot(t, sent, color="#1f77b4", lw=0.8, label="sent (req/s)")
+        ax_load.plot(t, failed, color="#d62728", lw=0.8, label="failed (req/s)")
+    ax_load.set_ylabel("requests / s")
+    ax_load.legend(loc="upper right")
+    ax_load.set_title("gpuburst demo: live loop on this machine")
+    if progress.timeline:
+        ticks = [at for at, _ in progress.timeline]
+        nodes = [n for _, n in progress.timeline]
+        ax_nodes.step(ticks, nodes, where="post", color="#d62728", label="live burst nodes")
+    ax_nodes.step(t, sim.burst_nodes, where="post", color="#2ca02c", ls="--", label="simulated burst nodes")
+    ax_nodes.set_ylabel("burst nodes")
+    ax_nodes.set_xlabel("seconds into the trace")
+    ax_nodes.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _window_s(ctl: live.Controller) -> float:
@@ -428,24 +597,23 @@ def _summary(ctl: live.Controller, load: Load, progress: Progress) -> dict[str, 
     ledger = ctl.store.ledger()
     last = ctl.reconciler.last_report
     return {
-        "load": load.summary(),
+        "load": load.summary(ctl.setup.workloads[0].slo_s),
         "decisions": progress.actions,
         "burst_nodes_launched": launched,
         "burst_nodes_released": released,
         "peak_burst_nodes": progress.peak_nodes,
         "still_running": {p: dict(c) for p, c in (last.nodes if last else {}).items()},
+        "node_seconds": round(sum(s for s, _ in ledger.values()), 1),
+        "usd": round(sum(u for _, u in ledger.values()), 4),
         "ledger": {p: {"node_seconds": round(s, 1), "usd": round(u, 4)} for p, (s, u) in ledger.items()},
     }
 
 
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
-    load = summary["load"]
-    print("\nsummary", file=out)
-    print(
-        f"  requests     {load['requests']} sent, codes {load['codes']}, p50 {load['p50_ms']} ms, "
-        f"p99 {load['p99_ms']} ms",
-        file=out,
-    )
+    load, sim = summary["load"], summary["simulated"]
+    slo = load["slo_attainment"]
+    print("\nreport (the trace's requests; cost at the config's pretend price)", file=out)
+    print(f"  requests     {load['requests']} sent, {load['failed']} failed, codes {load['codes']}", file=out)
     print(f"  decisions    {summary['decisions']}", file=out)
     print(
         f"  burst nodes  {len(summary['burst_nodes_launched'])} launched, "
@@ -453,23 +621,33 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
         f"still running {summary['still_running'] or 'none'}",
         file=out,
     )
-    for pool, cost in summary["ledger"].items():
-        print(
-            f"  cost {pool:8s} {cost['node_seconds']} node-seconds, {cost['usd']} USD (pretend price)",
-            file=out,
-        )
+    print(f"  {'':14s}{'live':>12s}{'simulated':>12s}", file=out)
+    rows = [
+        (
+            f"SLO <= {load['slo_s']:g} s",
+            f"{slo:.2%}" if slo is not None else "-",
+            f"{sim['slo_attainment']:.2%}",
+        ),
+        ("p99 latency", f"{load['p99_ms']} ms", f"{sim['p99_ms']} ms"),
+        ("peak nodes", str(summary["peak_burst_nodes"]), str(sim["peak_burst_nodes"])),
+        ("node-seconds", f"{summary['node_seconds']:g}", f"{sim['node_seconds']:g}"),
+        ("cost", f"{summary['usd']:.4f} USD", f"{sim['usd']:.4f} USD"),
+    ]
+    for name, live_v, sim_v in rows:
+        print(f"  {name:14s}{live_v:>12s}{sim_v:>12s}", file=out)
 
 
 def register(sub: Any) -> None:
     d = sub.add_parser(
         "demo",
-        help="the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
+        help="the embedded live loop: local workers, a real Prometheus, a shipped trace replayed",
         description="Burst face-compare workers on this machine under synthetic load (real Prometheus).",
     )
     d.add_argument(
         "--config", type=Path, default=config.LOCAL_EXAMPLE, help="local config (examples/local.yaml)"
     )
-    d.add_argument("--minutes", type=float, default=3.0, help="length of the load profile")
+    d.add_argument("--trace", default="flash-crowd", help="shipped scenario whose trace the load replays")
+    d.add_argument("--minutes", type=float, default=3.0, help="the trace compressed to this long")
     d.add_argument(
         "--peak-rps", type=float, default=None, help="peak request rate (default: from the config)"
     )
@@ -477,6 +655,7 @@ def register(sub: Any) -> None:
         "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
     )
     d.add_argument(
-        "--json", dest="json_out", type=errors.output_path, default=None, help="write a summary here"
+        "--json", dest="json_out", type=errors.output_path, default=None, help="write the report here"
     )
+    d.add_argument("--plot", type=errors.output_path, default=None, help="write a PNG of the run here")
     d.set_defaults(func=main)

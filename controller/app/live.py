@@ -373,6 +373,7 @@ def _local_pools(loaded: config_mod.Loaded, *, clock: ports.Clock) -> dict[str, 
             targets_file=loaded.path(adapter.targets_file) if adapter.targets_file is not None else None,
             log_dir=loaded.path(adapter.log_dir) if adapter.log_dir is not None else None,
             stop_timeout_s=adapter.stop_timeout_s,
+            deregister_s=adapter.deregister_s,
         )
         out.update(dict.fromkeys(names, lp))
     return out

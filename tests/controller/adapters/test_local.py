@@ -300,6 +300,22 @@ def test_drain_sends_sigterm_once_and_reports_the_pod_until_the_worker_exits(
     assert pool.state("local") == model.PoolState("local", instances={}, submitted=())
 
 
+def test_a_drained_worker_keeps_serving_out_of_the_load_balancer_until_its_deregistration_delay(
+    make_pool: Callable[..., local.LocalPool], clock: FakeClock
+) -> None:
+    pool = make_pool(boot_delay_s=0.0, deregister_s=10.0)
+    pool.submit("local", ("n1",))
+    until(lambda: ready(pool, "n1"), "ready")
+    url = pool.endpoints()["n1"]
+    assert pool.drain("n1") == 1
+    assert pool.burst_nodes()["n1"].cordoned, "out of the load balancer at once"
+    time.sleep(0.3)
+    assert answers(f"{url}/readyz"), "no SIGTERM before the deregistration delay"
+    clock.advance(10.0)
+    until(lambda: pool.drain("n1") == 0, "stopped after the delay")
+    assert not answers(f"{url}/readyz")
+
+
 def test_unknown_nodes_are_a_no_op_for_cordon_and_drain(make_pool: Callable[..., local.LocalPool]) -> None:
     pool = make_pool()
     pool.cordon("ghost")
