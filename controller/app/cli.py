@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconcile": ("controller.app.client", "API: tick now"),
     "drain": ("controller.app.client", "API: drain and release one node (not relaunched)"),
     "pool": ("controller.app.client", "API: pause or resume a pool's launches and releases"),
+    "whatif": ("controller.app.client", "API: replay a trace through gpuburst, the baselines and the oracle"),
     "token": ("controller.app.client", "admin API tokens"),
     "store": ("controller.app.store_admin", "the controller's SQLite store"),
     "bench-tick": (

@@ -1,6 +1,5 @@
 """`gpuburst status|nodes|decisions|audit|override|drain|pool|reconcile|policy show|policy reload|whatif|
-token add`: a
-kubectl-like client of the admin API.
+token add`: a kubectl-like client of the admin API.
 
 The URL and token come from GPUBURST_URL and GPUBURST_TOKEN, else from the client config file
 (GPUBURST_CONFIG, default ~/.config/gpuburst/client.yaml: `url`, and `token` or `token_file`). Output
@@ -47,15 +46,22 @@ def settings() -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
-def call(method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None) -> Any:
-    """One API call; a problem document becomes a one-line UserError."""
+def call(
+    method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+    csv: bytes | None = None,
+) -> Any:  # fmt: skip
+    """One API call (a JSON body, or `csv` sent as text/csv); a problem document becomes a one-line
+    UserError."""
     import httpx
 
     url, token = settings()
+    headers = {"Authorization": f"Bearer {token}"}
+    if csv is not None:
+        headers["Content-Type"] = "text/csv"
     try:
         r = httpx.request(
             method, url + path, params={k: v for k, v in (params or {}).items() if v is not None},
-            json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30.0,
+            json=body, content=csv, headers=headers, timeout=30.0,
         )  # fmt: skip
     except httpx.HTTPError as exc:
         raise errors.UserError(f"{url}: {exc}") from None
@@ -192,6 +198,33 @@ def _policy_reload(args: argparse.Namespace) -> int:
     return _emit(args, data, rows, ["field", "running", "new"])
 
 
+def _whatif(args: argparse.Namespace) -> int:
+    import time
+
+    try:
+        trace = args.trace.read_bytes()
+    except OSError as exc:
+        raise errors.UserError(f"{args.trace}: {exc.strerror}") from None
+    job = call("POST", "/v1/whatif", params={"scenario": args.scenario}, csv=trace)
+    while job["state"] == "running":
+        line = f"\rwhat-if {job['id'][:8]}: {100 * job['progress']:5.1f}%"
+        print(line, end="", file=sys.stderr, flush=True)
+        time.sleep(args.poll)
+        job = call("GET", f"/v1/whatif/{job['id']}")
+    print(file=sys.stderr)
+    if job["state"] == "failed":
+        raise errors.UserError(f"what-if {job['id']}: {job['error']}")
+    if args.output == "json":
+        return _emit(args, job, [], [])
+    from controller.sim import report
+
+    print(report.table(job["result"]))
+    if job["plot"]:
+        url, _ = settings()
+        print(f"plot: {url}{job['plot']}")
+    return 0
+
+
 def _token_add(args: argparse.Namespace) -> int:
     from controller.runtime import auth
 
@@ -250,6 +283,14 @@ def register(sub: Any) -> None:
     p.add_argument("verb", choices=("pause", "resume"))
     p.add_argument("pool")
     p.set_defaults(func=_pool)
+
+    p = sub.add_parser(
+        "whatif", parents=[out], help="API: replay a trace through gpuburst, the baselines and the oracle"
+    )
+    p.add_argument("--trace", type=Path, required=True, help="a t_seconds,requests CSV")
+    p.add_argument("--scenario", required=True, help="the shipped scenario: service, pools, billing")
+    p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.set_defaults(func=_whatif)
 
     p = sub.add_parser("token", help="admin API tokens")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import signal
 import socket
@@ -32,6 +33,7 @@ from controller.app import config as config_mod
 from controller.core import model, policy
 from controller.ports import clock as clock_mod
 from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
+from controller.sim import whatif
 
 log = logs.get("live")
 
@@ -76,6 +78,8 @@ class Controller:
             get_policy=lambda: self.reconciler.setup.policy,
             policy_path=self.loaded.policy_path,
             apply_policy=self.apply_policy,
+            whatif=functools.partial(whatif.prepare, policy_path=self.loaded.policy_path),
+            whatif_scenarios=whatif.shipped(),
         )
 
     def apply_policy(self, new: policy.BurstPolicy) -> None:

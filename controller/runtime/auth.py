@@ -182,22 +182,25 @@ class BodyLimit:
     streams and cut off the moment it passes the limit, so no request can make the process buffer more.
     """
 
-    def __init__(self, app: Any, *, max_bytes: int) -> None:
+    def __init__(self, app: Any, *, max_bytes: int, larger: Mapping[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.larger = dict(larger or {})
+        """Paths allowed more (an uploaded trace), by exact path."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope.get("path", ""), self.default_max_bytes)
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared < 0 or declared > self.max_bytes:
-                    await _too_large(send, self.max_bytes)
+                if declared < 0 or declared > max_bytes:
+                    await _too_large(send, max_bytes)
                     return
         seen = 0
         started = refused = False
@@ -207,10 +210,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes and not started:
+                if seen > max_bytes and not started:
                     # Answer now; the app sees the client gone and its own reply is dropped.
                     refused = True
-                    await _too_large(send, self.max_bytes)
+                    await _too_large(send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 

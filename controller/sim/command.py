@@ -7,6 +7,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,16 @@ def run_all(
     policy_path: Path,
     quiet: bool = False,
     oracle_cost: float | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[list[engine.Run], float | None]:
-    """The runs of `names` in that order, and the oracle's cost (given, run, or computed here)."""
+    """The runs of `names` in that order, and the oracle's cost (given, run, or computed here).
+
+    `progress`, if given, hears the fraction done over all runs (0..1), beside the terminal's bar."""
     burst_policy = policy_file.load(policy_path)
     runs = []
     # The oracle first: every other cost is reported against it.
     ordered = sorted(names, key=lambda n: n != "oracle")
-    for name in ordered:
+    for i, name in enumerate(ordered):
         with tqdm(
             total=sc.duration_s,
             desc=f"{name:>15}",
@@ -63,11 +67,13 @@ def run_all(
         ) as bar:
             done = [0]
 
-            def progress(t: int, bar: Any = bar, done: list[int] = done) -> None:
+            def step(t: int, bar: Any = bar, done: list[int] = done, i: int = i) -> None:
                 bar.update(t - done[0])
                 done[0] = t
+                if progress is not None:
+                    progress((i + t / max(1, sc.duration_s)) / len(ordered))
 
-            run = contenders.run(sc, name, burst_policy=burst_policy, progress=progress)
+            run = contenders.run(sc, name, burst_policy=burst_policy, progress=step)
         if name == "oracle":
             oracle_cost = run.cost_usd
         runs.append(run)

@@ -7,6 +7,7 @@ per-second arrivals; every error names the file and the field or line.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -210,7 +211,12 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise errors.UserError(f"{path}: the trace is not UTF-8 text (byte {exc.start})") from None
 
 
-def _trace_rows(path: Path, reader: Any) -> tuple[np.ndarray, np.ndarray]:
+def parse_trace(text: str, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """`t_seconds,requests` rows from text (an upload); errors name `where` and the line."""
+    return _trace_rows(where, csv.reader(io.StringIO(text, newline="")))
+
+
+def _trace_rows(path: Path | str, reader: Any) -> tuple[np.ndarray, np.ndarray]:
     times: list[float] = []
     counts: list[float] = []
     header = next(reader, None)
@@ -239,7 +245,7 @@ def _trace_rows(path: Path, reader: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(times), np.asarray(counts)
 
 
-def per_second(times: np.ndarray, counts: np.ndarray, *, where: Path) -> np.ndarray:
+def per_second(times: np.ndarray, counts: np.ndarray, *, where: Path | str) -> np.ndarray:
     """Spread each bucket's arrivals uniformly over its seconds (the bucket is the step between rows)."""
     if len(times) == 1:
         step = 1.0

@@ -12,7 +12,7 @@ import fastapi
 import uvicorn
 
 from controller.runtime import auth, logs
-from controller.runtime.api import operations, reads
+from controller.runtime.api import operations, reads, whatif
 from controller.runtime.api.common import install_errors
 from controller.runtime.api.context import Context
 from controller.runtime.api.models import V1_ERRORS
@@ -26,6 +26,7 @@ ROUTERS = (
     reads.audit_router,
     operations.overrides_router,
     operations.policy_router,
+    whatif.whatif_router,
 )
 
 
@@ -45,7 +46,8 @@ def create_app(ctx: Context, *, max_body_bytes: int = 1 << 20) -> fastapi.FastAP
     for router in ROUTERS:
         app.include_router(router(ctx), responses=None if router is reads.health_router else V1_ERRORS)
     # Outermost: refuses an oversized body before any other layer reads it.
-    app.add_middleware(auth.BodyLimit, max_bytes=max_body_bytes)
+    larger = {whatif.PATH: max(max_body_bytes, whatif.MAX_BODY_BYTES)}
+    app.add_middleware(auth.BodyLimit, max_bytes=max_body_bytes, larger=larger)
     return app
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from controller import ports
 from controller.core import model, policy
-from controller.runtime import auth, store, telemetry
+from controller.runtime import auth, store, tasks, telemetry
 
 STALE_TICKS = 3.0
 """A leader whose last tick is older than this many intervals is not doing its job."""
@@ -35,3 +35,12 @@ class Context:
     policy_path: Path | None = None
     """The file a policy reload reads."""
     apply_policy: Callable[[policy.BurstPolicy], None] | None = None
+    whatif: Callable[[bytes, str], tasks.Work] | None = None
+    """(trace CSV, shipped scenario name) → the replay to run (`controller.sim.whatif.prepare`)."""
+    whatif_scenarios: tuple[str, ...] = ()
+    """The scenario names a what-if may name (the OpenAPI schema lists them)."""
+    max_tasks: int = 2
+    runner: tasks.Runner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = tasks.Runner(clock=self.clock, max_running=self.max_tasks)

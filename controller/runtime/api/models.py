@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import pydantic
 
@@ -160,6 +160,41 @@ class PolicyOut(_Out):
     policy: dict[str, Any]
     changed: dict[str, list[Any]] = pydantic.Field(description="field → [running, new]")
     applied: bool
+
+
+class WhatIfRow(_Out):
+    """One contender's figures, as `gpuburst simulate --json` writes them."""
+
+    policy: str
+    slo_attainment: float
+    dropped: int
+    p99_latency_ms: float
+    cloud_cost_usd: float
+    cost_vs_oracle: float | None
+    burst_gpu_hours: float
+    max_burst_nodes: int
+    launches: int
+    releases: int
+    interruptions: int
+
+
+class WhatIfReport(_Out):
+    scenario: str
+    duration_s: int
+    requests: int
+    results: list[WhatIfRow]
+
+
+class WhatIfJob(_Out):
+    id: str
+    scenario: str
+    state: Literal["running", "done", "failed"]
+    progress: float = pydantic.Field(ge=0, le=1)
+    created_at: Time
+    finished_at: Time | None
+    error: str | None
+    result: WhatIfReport | None = pydantic.Field(description="the result table, once done")
+    plot: str | None = pydantic.Field(description="the plot's path, once done")
 
 
 class Problem(pydantic.BaseModel):

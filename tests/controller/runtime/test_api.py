@@ -49,6 +49,7 @@ def server() -> Iterator[tuple[api.Server, dict[str, api.Context]]]:
 
     class _Proxy:
         pools: ClassVar = {p.name: p.max_nodes for p in (fake_world.SPOT, fake_world.ONDEMAND)}
+        whatif_scenarios: ClassVar = ()
 
         def __getattr__(self, name: str) -> object:
             return getattr(holder["ctx"], name)
