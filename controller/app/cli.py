@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("controller.app.live", "the live controller"),
     "demo": (
         "controller.app.demo",
-        "the embedded end-to-end run: local workers, a real Prometheus, synthetic load",
+        "the embedded live loop: local workers, a real Prometheus, a shipped trace replayed",
     ),
     "status": ("controller.app.client", "API: the controller's last tick"),
     "nodes": ("controller.app.client", "API: burst nodes"),

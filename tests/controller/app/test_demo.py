@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.app import demo
+from controller.app import demo, demo_load
 
 
 def test_the_trace_is_squeezed_into_one_rate_per_second_with_the_asked_peak() -> None:
-    rates = demo.trace_rates("flash-crowd", 180, 15.0)
+    rates = demo_load.trace_rates("flash-crowd", 180, 15.0)
     assert rates.shape == (180,)
     assert np.isclose(rates.max(), 15.0)
     # A flash crowd: quiet, a peak in the middle, quiet again.
