@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from pulumi import automation as auto
 
 from controller import ports
@@ -39,6 +41,28 @@ class Backoff:
         return min(self.max_s, self.first_s * 2.0 ** max(0, attempt - 1))
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A stack's config for one operation, passed to the CLI as `--config-file`: the person's
+    `Pulumi.<stack>.yaml` in the project, read fresh each time, plus the controller's node set, written
+    to the controller's own directory. The controller never writes the checkout."""
+
+    human: Path
+    own: Path
+
+    def write(self, nodes: tuple[str, ...]) -> str:
+        document = yaml.safe_load(self.human.read_text()) if self.human.is_file() else None
+        document = document or {}
+        if not isinstance(document, dict) or not isinstance(document.get("config") or {}, dict):
+            raise ValueError(f"{self.human}: not a stack settings file (a mapping with a `config` mapping)")
+        document["config"] = {**(document.get("config") or {}), NODES_CONFIG: list(nodes)}
+        self.own.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.own.with_name(self.own.name + ".partial")
+        partial.write_text(yaml.safe_dump(document, sort_keys=False))
+        os.replace(partial, self.own)
+        return str(self.own)
+
+
 LOCK_BACKOFF = Backoff(2.0, 60.0)
 FAILURE_BACKOFF = Backoff(30.0, 600.0)
 
@@ -64,10 +88,14 @@ class PoolStack:
         stack: auto.Stack,
         instances: dict[str, Instance],
         *,
+        config: ConfigFile,
         retry: Retry,
     ) -> None:
         self.pool = pool
         self.stack = stack
+        self.config = config
+        self.config_nodes: tuple[str, ...] = tuple(sorted(instances))
+        """The node set the stack config last held: what a refresh runs the program with."""
         self.retry = retry
         # Lock order: `operation` before `cond`, never the reverse.
         self.operation = threading.Lock()
@@ -172,8 +200,10 @@ class PoolStack:
         log.info("apply started", extra={"pool": self.pool, "stack": self.stack.name, "nodes": list(nodes)})
         with self.operation:
             try:
-                self.stack.set_config(NODES_CONFIG, auto.ConfigValue(json.dumps(list(nodes))))
+                config_file = self.config.write(nodes)
+                self.config_nodes = nodes
                 result = self.stack.up(
+                    config_file=config_file,
                     on_output=self.output_tail.append,
                     color="never",
                     suppress_progress=True,
@@ -221,6 +251,7 @@ class PoolStack:
                 before = dict(self.instances or {})
             try:
                 result = self.stack.refresh(
+                    config_file=self.config.write(self.config_nodes),
                     on_output=self.output_tail.append,
                     color="never",
                     suppress_progress=True,
