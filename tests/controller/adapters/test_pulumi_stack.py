@@ -656,3 +656,92 @@ def test_close_stops_the_workers_and_refuses_new_sets(project: Path, clock: Fake
     assert not any(t.is_alive() for t in workers)
     with pytest.raises(RuntimeError, match="closed"):
         cap.submit("spot", ("a",))
+
+
+# -- guardrails ---------------------------------------------------------------------------------------
+def _pool_file(project: Path, **keys: object) -> None:
+    config = {**yaml.safe_load(HUMAN)["config"], **{f"gpuburst:{k}": v for k, v in keys.items()}}
+    (project / "Pulumi.spot.yaml").write_text(yaml.safe_dump({"config": config}))
+
+
+def test_every_up_runs_the_guardrail_pack(
+    capacity: pulumi_stack.PulumiCapacity, cli: sp.ScriptedPulumi
+) -> None:
+    capacity.submit("spot", ("n1",))
+    settle(capacity)
+
+    up = cli.commands("up")[-1]
+    pack = Path(up[up.index("--policy-pack") + 1])
+    assert pack == pulumi_stack.POLICY_PACK
+    assert (pack / "PulumiPolicy.yaml").is_file() and (pack / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("keys", "nodes", "rule"),
+    [
+        (
+            {"instanceType": "p4d.24xlarge"},
+            ("n1",),
+            "gpu-instance-types: instance type p4d.24xlarge is not allowed",
+        ),
+        (
+            {},
+            tuple(f"n{i:02}" for i in range(9)),
+            "max-nodes-per-pool: 9 GPU instances in the stack, more than",
+        ),
+        (
+            {"market": "spot", "spotMaxPrice": "9.99"},
+            ("n1",),
+            "spot-max-price: spot max price 9.99 USD/h is above",
+        ),
+        ({"associatePublicIp": True}, ("n1",), "no-public-ips: associatePublicIpAddress must be false"),
+    ],
+    ids=["instance-type", "max-nodes", "spot-price", "public-ip"],
+)
+def test_a_desired_state_breaking_a_guardrail_is_refused_before_any_cloud_call(
+    project: Path,
+    clock: FakeClock,
+    cli: sp.ScriptedPulumi,
+    applies: Applies,
+    keys: dict[str, object],
+    nodes: tuple[str, ...],
+    rule: str,
+) -> None:
+    _pool_file(project, **keys)
+    with pulumi_stack.PulumiCapacity(
+        ["spot"],
+        clock=clock,
+        work_dir=project,
+        config_dir=project / "state",
+        pulumi_command=cli,
+        failure_backoff=pulumi_stack.Backoff(60.0, 60.0),
+        on_apply=applies,
+    ) as cap:
+        cap.submit("spot", nodes)
+        assert applies.wait(1) == [pulumi_stack.Verdict.REFUSED]
+        state = cap.state("spot")
+
+    assert cli.commands("up") == [] and cli.commands("config set") == []
+    assert not (project / "state" / "Pulumi.spot.yaml").exists(), "nothing was handed to the CLI"
+    assert state.apply is model.ApplyState.FAILED
+    assert rule in state.message and state.message.startswith("guardrails refused")
+    # The decision the lifecycle takes on the requested node carries the rule as its cause.
+    rec = model.NodeRecord(nodes[0], "spot", model.NodeStatus.REQUESTED, clock.now(), clock.now())
+    obs = model.Observation(at=clock.now(), metrics={}, cluster={}, pools={"spot": state})
+    new, [transition] = lifecycle.sync({rec.name: rec}, obs, timeouts=lifecycle.Timeouts())
+    assert new[rec.name].status is model.NodeStatus.FAILED
+    assert rule in transition.reason
+
+
+def test_releasing_every_node_is_never_refused(
+    project: Path, clock: FakeClock, cli: sp.ScriptedPulumi
+) -> None:
+    _pool_file(project, instanceType="p4d.24xlarge")
+
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as cap:
+        cap.submit("spot", ())
+        assert settle(cap).apply is model.ApplyState.IDLE
+
+    assert cli.applied("spot") == [()]
