@@ -409,6 +409,8 @@ def _pulumi_pools(
             stacks,
             clock=clock,
             work_dir=work_dir,
+            # The controller's node sets live beside its store, never in the project's stack files.
+            config_dir=loaded.store_path.parent / "pulumi-config",
             pulumi_command=command,
             pool_env={p.name: _pulumi(p).env for p in pools if _pulumi(p).env},
             create_stacks=create,

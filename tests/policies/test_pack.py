@@ -50,7 +50,7 @@ def test_the_pack_holds_every_rule_mandatory_with_defaults_in_its_schema() -> No
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
-        ("aws-g5-spot", {}),
+        ("aws-g5-spot", {"nodes": '["aws-g5-spot-1", "aws-g5-spot-2"]'}),
         ("aws-g5-ondemand", {"nodes": '["od-1", "od-2", "od-3"]'}),
         ("private-cluster", {}),
     ],
@@ -88,7 +88,7 @@ def test_a_bad_pool_is_reported_by_each_guardrail_it_breaks(pack_runner: Runner)
 
 
 def test_pack_config_overrides_the_defaults(pack_runner: Runner) -> None:
-    rendering = render_example("aws-g5-spot")
+    rendering = render_example("aws-g5-spot", nodes='["aws-g5-spot-1", "aws-g5-spot-2"]')
 
     violations = pack_runner(
         rendering,

@@ -71,3 +71,41 @@ def test_examples_render(path: Path, uncomment: bool, tmp_path: Path) -> None:
     assert rendering.resources
     if cfg["gpuburst:kind"] == "pool":
         assert sorted(rendering.outputs["nodes"]) == yaml.safe_load(cfg["gpuburst:nodes"])
+
+
+# What bills by the hour whether or not a node runs, besides the nodes themselves.
+PAID = (
+    "aws:ec2/instance:Instance",
+    "aws:ec2/natGateway:NatGateway",
+    "aws:ec2/eip:Eip",
+    "aws:ec2/vpnConnection:VpnConnection",
+    "aws:ec2/vpnGateway:VpnGateway",
+)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_launch_nothing_paid_until_edited(path: Path) -> None:
+    """A copied example must not start billing: no nodes, no NAT gateway, no VPN until a person asks."""
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    cfg, secret_keys = mocks.stack_file_config(path, secrets={"gpuburst:joinCommand": "kubeadm join x"})
+
+    rendering = mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack=stack)
+
+    assert {type_: rendering.of_type(type_) for type_ in PAID} == {type_: [] for type_ in PAID}
+    if cfg["gpuburst:kind"] == "pool":
+        assert rendering.outputs["nodes"] == {}
+
+
+def test_the_spot_example_documents_the_paid_options(tmp_path: Path) -> None:
+    """The commented VPN line and one node name are all it takes to get paid resources."""
+    text = (REPO / "Pulumi.aws-g5-spot.yaml").read_text()
+    text = re.sub(r"^  # (gpuburst:vpn: .*)$", r"  \1", text, flags=re.M)
+    text = text.replace("gpuburst:nodes: []", "gpuburst:nodes: [aws-g5-spot-1]")
+    path = tmp_path / "Pulumi.aws-g5-spot.yaml"
+    path.write_text(text)
+    cfg, secret_keys = mocks.stack_file_config(path, secrets={"gpuburst:joinCommand": "kubeadm join x"})
+
+    rendering = mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack="aws-g5-spot")
+
+    assert len(rendering.of_type("aws:ec2/instance:Instance")) == 1
+    assert len(rendering.of_type("aws:ec2/vpnConnection:VpnConnection")) == 1

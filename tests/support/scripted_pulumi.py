@@ -7,7 +7,9 @@ outputs and the update history, next to a tiny "cloud" (instance id -> EC2 state
 under test:
 
     cli = ScriptedPulumi(stacks=("spot", "ondemand"))
-    capacity = pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli)
+    capacity = pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    )
     # or: auto.LocalWorkspaceOptions(pulumi_command=cli)
 
 What it plays (a pool stack of the gpuburst project):
@@ -20,6 +22,10 @@ What it plays (a pool stack of the gpuburst project):
   `--run-program=true` (what `PulumiCapacity.refresh` passes), so a test sees what the adapter relies on.
 - `stack select/init/ls`, `config set/get/set-all/rm` and the full config listing, `stack output`,
   `stack history` (what `Stack.up`/`refresh` read after the operation), `whoami`, `version`.
+- Stack config files as the CLI treats them: `config set/set-all/rm` rewrite `Pulumi.<stack>.yaml` in
+  the working directory (creating it); `up`/`refresh` with `--config-file FILE` take the stack's config
+  from FILE for that operation only and write nothing.
+- `--policy-pack DIR` on `up` runs nothing; it is recorded like every argument.
 - Anything else fails like an unknown command, so a test notices a call it did not expect.
 
 Scripting:
@@ -44,8 +50,10 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pulumi.automation import _cmd
 from pulumi.automation import errors as auto_errors
 from semver import VersionInfo
@@ -253,7 +261,7 @@ class ScriptedPulumi(_cmd.PulumiCommand):
         with self._lock:
             failure = self._take_failure(command, stack)
             if failure is None:
-                stdout, failure = self._answer(command, flags, values, stack)
+                stdout, failure = self._answer(command, flags, values, stack, cwd)
             if failure is not None and command in ("up", "refresh") and stack in self.stacks:
                 self._record(self.stacks[stack], "update" if command == "up" else "refresh", {}, ok=False)
         if failure is not None:
@@ -280,7 +288,7 @@ class ScriptedPulumi(_cmd.PulumiCommand):
         return None
 
     def _answer(
-        self, command: str, flags: dict[str, str], values: list[str], stack: str | None
+        self, command: str, flags: dict[str, str], values: list[str], stack: str | None, cwd: str
     ) -> tuple[str, Failure | None]:
         if command == "version":
             return f"v{self.version}", None
@@ -305,6 +313,35 @@ class ScriptedPulumi(_cmd.PulumiCommand):
         if command == "stack select":
             self.current = stack
             return "", None
+        if command in ("config set", "config set-all", "config rm"):
+            stdout, failure = self._config_write(st, command, flags, values)
+            _write_settings(Path(cwd) / f"Pulumi.{stack}.yaml", st.config)
+            return stdout, failure
+        config = st.config
+        if "--config-file" in flags:
+            config = _read_settings(Path(flags["--config-file"]))
+        if command == "config get":
+            key = values[0]
+            if key not in st.config:
+                return "", Failure(f"error: configuration key '{key}' not found for stack '{stack}'")
+            value, secret = st.config[key]
+            return json.dumps({"value": value, "secret": secret}), None
+        if command == "config":
+            return json.dumps({k: {"value": v, "secret": s} for k, (v, s) in st.config.items()}), None
+        if command == "stack output":
+            return json.dumps(st.outputs), None
+        if command == "stack history":
+            return json.dumps(list(reversed(st.history))[: int(flags.get("--page-size", "0")) or None]), None
+        if command == "up":
+            return self._up(st, config)
+        if command == "refresh":
+            return self._refresh(st, config, run_program=flags.get("--run-program") == "true"), None
+        return "", Failure(f'error: unknown command "{command}" for "pulumi"')
+
+    @staticmethod
+    def _config_write(
+        st: StackState, command: str, flags: dict[str, str], values: list[str]
+    ) -> tuple[str, Failure | None]:
         if command == "config set":
             st.config[values[0]] = (values[1], "--secret" in flags)
             return "", None
@@ -314,29 +351,11 @@ class ScriptedPulumi(_cmd.PulumiCommand):
                     key, _, value = pair.partition("=")
                     st.config[key] = (value, False)
             return "", None
-        if command == "config get":
-            key = values[0]
-            if key not in st.config:
-                return "", Failure(f"error: configuration key '{key}' not found for stack '{stack}'")
-            value, secret = st.config[key]
-            return json.dumps({"value": value, "secret": secret}), None
-        if command == "config rm":
-            st.config.pop(values[0], None)
-            return "", None
-        if command == "config":
-            return json.dumps({k: {"value": v, "secret": s} for k, (v, s) in st.config.items()}), None
-        if command == "stack output":
-            return json.dumps(st.outputs), None
-        if command == "stack history":
-            return json.dumps(list(reversed(st.history))[: int(flags.get("--page-size", "0")) or None]), None
-        if command == "up":
-            return self._up(st)
-        if command == "refresh":
-            return self._refresh(st, run_program=flags.get("--run-program") == "true"), None
-        return "", Failure(f'error: unknown command "{command}" for "pulumi"')
+        st.config.pop(values[0], None)  # config rm
+        return "", None
 
-    def _up(self, st: StackState) -> tuple[str, Failure | None]:
-        raw = st.config.get(NODES_KEY, ("[]", False))[0]
+    def _up(self, st: StackState, config: Mapping[str, tuple[str, bool]]) -> tuple[str, Failure | None]:
+        raw = config.get(NODES_KEY, ("[]", False))[0]
         try:
             nodes = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -362,10 +381,10 @@ class ScriptedPulumi(_cmd.PulumiCommand):
             changes["create"] += 1
         st.outputs = self._outputs(st)
         st.applied.append(tuple(nodes))
-        self._record(st, "update", changes, ok=True)
+        self._record(st, "update", changes, ok=True, config=config)
         return f"Updating ({st.name}):\nResources:\n    {sum(changes.values())} total\n", None
 
-    def _refresh(self, st: StackState, *, run_program: bool) -> str:
+    def _refresh(self, st: StackState, config: Mapping[str, tuple[str, bool]], *, run_program: bool) -> str:
         changes = {"same": 0, "update": 0, "delete": 0}
         for node, res in list(st.resources.items()):
             cloud = self.cloud.get(res["instance_id"])
@@ -379,14 +398,22 @@ class ScriptedPulumi(_cmd.PulumiCommand):
                 changes["same"] += 1
         if run_program:
             st.outputs = self._outputs(st)
-        self._record(st, "refresh", changes, ok=True)
+        self._record(st, "refresh", changes, ok=True, config=config)
         return f"Refreshing ({st.name}):\nResources:\n    {sum(changes.values())} total\n"
 
     @staticmethod
     def _outputs(st: StackState) -> dict[str, Any]:
         return {"nodes": {node: dict(res) for node, res in sorted(st.resources.items())}}
 
-    def _record(self, st: StackState, kind: str, changes: Mapping[str, int], *, ok: bool) -> None:
+    def _record(
+        self,
+        st: StackState,
+        kind: str,
+        changes: Mapping[str, int],
+        *,
+        ok: bool,
+        config: Mapping[str, tuple[str, bool]] | None = None,
+    ) -> None:
         start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=len(st.history))
         st.history.append(
             {
@@ -395,12 +422,33 @@ class ScriptedPulumi(_cmd.PulumiCommand):
                 "endTime": (start + dt.timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
                 "message": "",
                 "environment": {"exec.kind": "auto.local"},
-                "config": {k: {"value": v, "secret": s} for k, (v, s) in st.config.items()},
+                "config": {k: {"value": v, "secret": s} for k, (v, s) in (config or st.config).items()},
                 "result": "succeeded" if ok else "failed",
                 "version": len(st.history) + 1,
                 "resourceChanges": {k: v for k, v in changes.items() if v},
             }
         )
+
+
+def _read_settings(path: Path) -> dict[str, tuple[str, bool]]:
+    """A stack settings file's config as the CLI hands it to a program: structured values as JSON."""
+    document = yaml.safe_load(path.read_text()) or {}
+    config: dict[str, tuple[str, bool]] = {}
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[key] = (str(value["secure"]), True)
+        elif isinstance(value, list | dict):
+            config[key] = (json.dumps(value), False)
+        else:
+            config[key] = (str(value), False)
+    return config
+
+
+def _write_settings(path: Path, config: Mapping[str, tuple[str, bool]]) -> None:
+    """What `pulumi config set` does to the stack settings file in the project directory."""
+    document = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    document["config"] = {k: {"secure": v} if s else v for k, (v, s) in config.items()}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 # Flags that take a value (so the value is not taken for a positional argument).
@@ -419,6 +467,8 @@ _VALUED = {
     "--target",
     "--exclude",
     "--replace",
+    "--policy-pack",
+    "--policy-pack-config",
 }
 _COMMANDS = ("stack output", "stack history", "stack select", "stack init", "stack ls", "stack rm")
 _CONFIG = ("config set-all", "config set", "config get", "config rm")

@@ -16,6 +16,7 @@ from controller.adapters.pulumi_stack.failures import (
     classify,
     cli_message,
 )
+from controller.adapters.pulumi_stack.guardrails import POLICY_PACK
 from controller.adapters.pulumi_stack.outputs import (
     GONE_STATES,
     NODES_CONFIG,
@@ -36,6 +37,7 @@ __all__ = [
     "LOCK_BACKOFF",
     "NODES_CONFIG",
     "NODES_OUTPUT",
+    "POLICY_PACK",
     "PROJECT_FILES",
     "SETUP_ERRORS",
     "ApplyResult",

@@ -23,6 +23,7 @@ from controller.adapters.pulumi_stack.worker import (
     FAILURE_BACKOFF,
     LOCK_BACKOFF,
     Backoff,
+    ConfigFile,
     PoolStack,
     Retry,
 )
@@ -40,6 +41,10 @@ PROJECT_FILES = ("Pulumi.yaml", "Pulumi.yml", "Pulumi.json")
 class PulumiCapacity:
     """The `Capacity` port over one Pulumi stack per pool, with the project at `work_dir`.
 
+    The node set goes to each operation as `--config-file`: a copy of the stack's `Pulumi.<stack>.yaml`
+    with `gpuburst:nodes` set, kept in `config_dir` (the controller's state), so the committed stack files
+    stay as people wrote them.
+
     Construction checks everything it can cheaply (the project file, the CLI, the backend login, each
     stack and its outputs) and raises `controller.runtime.errors.UserError` naming what is missing, so
     `gpuburst run` fails at start rather than at the first burst. `pools` maps pool -> stack name (a plain
@@ -53,6 +58,7 @@ class PulumiCapacity:
         pools: Sequence[str] | Mapping[str, str],
         *,
         clock: ports.Clock,
+        config_dir: str | Path,
         work_dir: str | Path = IMPORT_ROOT,
         pulumi_command: auto.PulumiCommand | None = None,
         env_vars: Mapping[str, str] | None = None,
@@ -78,6 +84,7 @@ class PulumiCapacity:
         if stray:
             raise errors.UserError(f"pulumi capacity: environment given for unknown pools {stray}")
         self.work_dir = Path(work_dir).resolve()
+        self.config_dir = Path(config_dir).resolve()
         if not any((self.work_dir / name).is_file() for name in PROJECT_FILES):
             raise errors.UserError(
                 f"pulumi capacity: no Pulumi.yaml in {self.work_dir} (set the work_dir to the project "
@@ -97,7 +104,11 @@ class PulumiCapacity:
             if key not in workspaces:
                 workspaces[key] = self._workspace(command, env=env, pulumi_home=pulumi_home)
             stack, instances = self._open(workspaces[key], pool, stack_name, create=create_stacks)
-            self._pools[pool] = PoolStack(pool, stack, instances, retry=retry)
+            config = ConfigFile(
+                self.work_dir / f"Pulumi.{_settings_name(stack_name)}.yaml",
+                self.config_dir / f"Pulumi.{_settings_name(stack_name)}.yaml",
+            )
+            self._pools[pool] = PoolStack(pool, stack, instances, config=config, retry=retry)
         for ps in self._pools.values():
             ps.thread.start()
         log.info("pulumi capacity ready", extra={"work_dir": str(self.work_dir), "stacks": stacks})
@@ -213,3 +224,8 @@ class PulumiCapacity:
             return self._pools[pool]
         except KeyError:
             raise KeyError(f"unknown pool {pool!r} (pulumi pools: {sorted(self._pools)})") from None
+
+
+def _settings_name(stack_name: str) -> str:
+    """The stack part of `org/project/stack`: what the CLI names the stack settings file after."""
+    return stack_name.rsplit("/", 1)[-1]

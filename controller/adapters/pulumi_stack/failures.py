@@ -60,6 +60,9 @@ class Verdict(enum.StrEnum):
     """The cloud refused capacity or quota: the pool is unavailable for a TTL, the apply failed."""
     SETUP = "setup"
     """Something is missing here (CLI, login, credentials): a start-up error, later a failed apply."""
+    REFUSED = "refused"
+    """The guardrails refused the desired node set in-process: no CLI call was made; retried like a
+    failure (the next set, or an edited stack file, may pass)."""
     FAILED = "failed"
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import yaml
 from pulumi import automation as auto
 
 from controller import ports
+from controller.adapters.pulumi_stack import guardrails
 from controller.adapters.pulumi_stack.failures import Outcome, Verdict, classify
 from controller.adapters.pulumi_stack.outputs import (
     NODES_CONFIG,
@@ -37,6 +41,36 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         return min(self.max_s, self.first_s * 2.0 ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A stack's config for one operation, passed to the CLI as `--config-file`: the person's
+    `Pulumi.<stack>.yaml` in the project, read fresh each time, plus the controller's node set, written
+    to the controller's own directory. The controller never writes the checkout."""
+
+    human: Path
+    own: Path
+
+    def desired(self, nodes: tuple[str, ...]) -> dict[str, Any]:
+        """The stack settings to apply: the person's file with `gpuburst:nodes` replaced."""
+        document = yaml.safe_load(self.human.read_text()) if self.human.is_file() else None
+        document = document or {}
+        if not isinstance(document, dict) or not isinstance(document.get("config") or {}, dict):
+            raise ValueError(f"{self.human}: not a stack settings file (a mapping with a `config` mapping)")
+        document["config"] = {**(document.get("config") or {}), NODES_CONFIG: list(nodes)}
+        return document
+
+    def write(self, document: Mapping[str, Any]) -> str:
+        self.own.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.own.with_name(self.own.name + ".partial")
+        partial.write_text(yaml.safe_dump(dict(document), sort_keys=False))
+        os.replace(partial, self.own)
+        return str(self.own)
+
+
+class GuardrailError(Exception):
+    """The desired config breaks a guardrail; raised before any CLI call."""
 
 
 LOCK_BACKOFF = Backoff(2.0, 60.0)
@@ -64,10 +98,14 @@ class PoolStack:
         stack: auto.Stack,
         instances: dict[str, Instance],
         *,
+        config: ConfigFile,
         retry: Retry,
     ) -> None:
         self.pool = pool
         self.stack = stack
+        self.config = config
+        self.config_nodes: tuple[str, ...] = tuple(sorted(instances))
+        """The node set the stack config last held: what a refresh runs the program with."""
         self.retry = retry
         # Lock order: `operation` before `cond`, never the reverse.
         self.operation = threading.Lock()
@@ -172,14 +210,23 @@ class PoolStack:
         log.info("apply started", extra={"pool": self.pool, "stack": self.stack.name, "nodes": list(nodes)})
         with self.operation:
             try:
-                self.stack.set_config(NODES_CONFIG, auto.ConfigValue(json.dumps(list(nodes))))
+                desired = self.config.desired(nodes)
+                refused = guardrails.check(desired["config"])
+                if refused:
+                    raise GuardrailError("; ".join(refused))
+                config_file = self.config.write(desired)
+                self.config_nodes = nodes
                 result = self.stack.up(
+                    config_file=config_file,
+                    policy_packs=[str(guardrails.POLICY_PACK)],
                     on_output=self.output_tail.append,
                     color="never",
                     suppress_progress=True,
                     message=f"gpuburst: {len(nodes)} nodes in pool {self.pool}",
                 )
                 instances = parse_nodes(result.outputs, stack=self.stack.name)
+            except GuardrailError as exc:  # nothing ran: the stack is as it was
+                outcome = Outcome(Verdict.REFUSED, f"guardrails refused {list(nodes)}: {exc}")
             except Exception as exc:  # every failure becomes an outcome; the worker must survive it
                 outcome = classify(exc)
                 if outcome.verdict is not Verdict.BUSY:
@@ -221,6 +268,7 @@ class PoolStack:
                 before = dict(self.instances or {})
             try:
                 result = self.stack.refresh(
+                    config_file=self.config.write(self.config.desired(self.config_nodes)),
                     on_output=self.output_tail.append,
                     color="never",
                     suppress_progress=True,

@@ -6,12 +6,12 @@ only plays the binary, so argument building and error recognition are what produ
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
 
@@ -72,6 +72,7 @@ def capacity(
         ["spot", "ondemand"],
         clock=clock,
         work_dir=project,
+        config_dir=project / "state",
         pulumi_command=cli,
         lock_backoff=QUICK,
         failure_backoff=pulumi_stack.Backoff(60.0, 60.0),
@@ -103,6 +104,7 @@ def test_commands_run_in_the_project_with_each_pools_environment(project: Path, 
         ["spot", "ondemand"],
         clock=clock,
         work_dir=project,
+        config_dir=project / "state",
         pulumi_command=cli,
         env_vars={"AWS_REGION": "us-east-1"},
         pool_env={"ondemand": {"AWS_PROFILE": "od-account"}},
@@ -118,16 +120,25 @@ def test_commands_run_in_the_project_with_each_pools_environment(project: Path, 
     assert len(cli.commands("whoami")) == 2, "each environment's login is checked"
     with pytest.raises(errors.UserError, match=r"unknown pools \['gpu-x'\]"):
         pulumi_stack.PulumiCapacity(
-            ["spot"], clock=clock, work_dir=project, pulumi_command=cli, pool_env={"gpu-x": {}}
+            ["spot"],
+            clock=clock,
+            work_dir=project,
+            config_dir=project / "state",
+            pulumi_command=cli,
+            pool_env={"gpu-x": {}},
         )
 
 
 def test_start_adopts_instances_already_in_the_stack(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi(stacks=("spot",))
-    with pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli) as cap:
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as cap:
         cap.submit("spot", ("n1", "n2"))
         settle(cap)
-    with pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli) as again:
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as again:
         state = again.state("spot")
         assert state.instances == {"n1": "running", "n2": "running"}
         assert state.submitted is None, "a restarted controller has submitted nothing yet"
@@ -139,20 +150,26 @@ def test_missing_cli_is_a_start_up_error_naming_it(
     # The real PulumiCommand, looking for `pulumi` on a PATH that has none.
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(errors.UserError, match=r"`pulumi` CLI was not found.*PATH"):
-        pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project)
+        pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, config_dir=project / "state")
 
 
 def test_not_logged_in_is_a_start_up_error_saying_how_to_log_in(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi(stacks=("spot",), logged_in=False)
     with pytest.raises(errors.UserError, match=r"not logged in.*pulumi login.*PULUMI_ACCESS_TOKEN"):
-        pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli)
+        pulumi_stack.PulumiCapacity(
+            ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+        )
 
 
 def test_missing_stack_is_a_start_up_error_naming_pool_stack_and_fix(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi(stacks=("spot",))
     with pytest.raises(errors.UserError) as err:
         pulumi_stack.PulumiCapacity(
-            {"spot": "spot", "ondemand": "od-east"}, clock=clock, work_dir=project, pulumi_command=cli
+            {"spot": "spot", "ondemand": "od-east"},
+            clock=clock,
+            work_dir=project,
+            config_dir=project / "state",
+            pulumi_command=cli,
         )
     assert "pool 'ondemand'" in str(err.value)
     assert "stack 'od-east'" in str(err.value)
@@ -162,7 +179,12 @@ def test_missing_stack_is_a_start_up_error_naming_pool_stack_and_fix(project: Pa
 def test_create_stacks_initialises_a_missing_stack(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi()
     with pulumi_stack.PulumiCapacity(
-        ["spot"], clock=clock, work_dir=project, pulumi_command=cli, create_stacks=True
+        ["spot"],
+        clock=clock,
+        work_dir=project,
+        config_dir=project / "state",
+        pulumi_command=cli,
+        create_stacks=True,
     ) as cap:
         assert cli.commands("stack init") and "spot" in cli.stacks
         assert cap.state("spot").instances == {}
@@ -172,13 +194,19 @@ def test_missing_passphrase_is_a_start_up_error(project: Path, clock: FakeClock)
     cli = sp.ScriptedPulumi(stacks=("spot",))
     cli.fail("stack output", sp.PASSPHRASE)
     with pytest.raises(errors.UserError, match=r"pool 'spot'.*PULUMI_CONFIG_PASSPHRASE"):
-        pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli)
+        pulumi_stack.PulumiCapacity(
+            ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+        )
 
 
 def test_no_project_file_is_a_start_up_error_naming_the_directory(tmp_path: Path, clock: FakeClock) -> None:
     with pytest.raises(errors.UserError, match=f"no Pulumi.yaml in {tmp_path}"):
         pulumi_stack.PulumiCapacity(
-            ["spot"], clock=clock, work_dir=tmp_path, pulumi_command=sp.ScriptedPulumi(stacks=("spot",))
+            ["spot"],
+            clock=clock,
+            work_dir=tmp_path,
+            config_dir=tmp_path / "state",
+            pulumi_command=sp.ScriptedPulumi(stacks=("spot",)),
         )
 
 
@@ -196,17 +224,76 @@ def test_submit_sets_sorted_nodes_config_then_up_and_reads_the_outputs(
     assert state.instances == {"n1": "running", "n2": "running"}
     assert state.submitted == ("n1", "n2")
     assert state.apply is model.ApplyState.IDLE
-    config_set = cli.commands("config set")[-1]
-    assert config_set[config_set.index("--") + 1 :] == [json.dumps(["n1", "n2"])]
-    assert "gpuburst:nodes" in config_set and "--plaintext" in config_set
+    assert cli.commands("config set") == [], "the node set never goes to the project's stack file"
     up = cli.commands("up")[-1]
     assert {"--yes", "--skip-preview"} <= set(up)
     assert up[up.index("--stack") + 1] == "spot"
-    assert cli.stacks["spot"].config["gpuburst:nodes"] == ('["n1", "n2"]', False)
+    config_file = Path(up[up.index("--config-file") + 1])
+    assert config_file == capacity.config_dir / "Pulumi.spot.yaml"
+    assert yaml.safe_load(config_file.read_text())["config"]["gpuburst:nodes"] == ["n1", "n2"]
+    assert cli.stacks["spot"].history[-1]["config"]["gpuburst:nodes"] == {
+        "value": '["n1", "n2"]',
+        "secret": False,
+    }
     inst = capacity.instances("spot")["n1"]
     assert inst.instance_id is not None and inst.instance_id.startswith("i-")
     assert inst.private_ip is not None and inst.private_ip.startswith("10.42.")
     assert capacity.state("ondemand").instances == {}, "pools are separate stacks"
+
+
+HUMAN = """\
+# The person's config: comments, order and secrets stay as written.
+encryptionsalt: v1:Zm9vYmFy:v1:c2FsdA==:Y2lwaGVy
+config:
+  aws:region: eu-west-1
+  gpuburst:kind: pool
+  gpuburst:nodes: []   # the controller passes its own set
+  gpuburst:instanceType: g5.xlarge
+  gpuburst:joinCommand:
+    secure: v1:AAAABBBBCCCC
+"""
+
+
+def test_an_apply_leaves_the_committed_stack_file_byte_for_byte(
+    project: Path, clock: FakeClock, cli: sp.ScriptedPulumi
+) -> None:
+    committed = project / "Pulumi.spot.yaml"
+    committed.write_text(HUMAN)
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as cap:
+        cap.submit("spot", ("n1", "n2"))
+        assert settle(cap, "spot").instances == {"n1": "running", "n2": "running"}
+        assert cap.refresh("spot").error == ""
+        own = yaml.safe_load((project / "state" / "Pulumi.spot.yaml").read_text())
+
+    assert committed.read_text() == HUMAN
+    assert sorted(p.name for p in project.iterdir()) == ["Pulumi.spot.yaml", "Pulumi.yaml", "state"]
+    # What the CLI ran with: the person's keys, salt and ciphertext as written, plus the node set.
+    assert own["encryptionsalt"] == "v1:Zm9vYmFy:v1:c2FsdA==:Y2lwaGVy"
+    assert own["config"] == {**yaml.safe_load(HUMAN)["config"], "gpuburst:nodes": ["n1", "n2"]}
+    assert cli.stacks["spot"].applied == [("n1", "n2")]
+    [refresh] = cli.commands("refresh")
+    assert refresh[refresh.index("--config-file") + 1] == str(project / "state" / "Pulumi.spot.yaml")
+
+
+def test_a_person_editing_the_stack_file_is_seen_by_the_next_apply(
+    project: Path, clock: FakeClock, cli: sp.ScriptedPulumi
+) -> None:
+    committed = project / "Pulumi.spot.yaml"
+    committed.write_text(HUMAN)
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as cap:
+        cap.submit("spot", ("n1",))
+        settle(cap, "spot")
+        committed.write_text(HUMAN.replace("g5.xlarge", "g5.2xlarge"))
+        cap.submit("spot", ("n1", "n2"))
+        settle(cap, "spot")
+
+    config = cli.stacks["spot"].history[-1]["config"]
+    assert config["gpuburst:instanceType"]["value"] == "g5.2xlarge"
+    assert config["gpuburst:nodes"]["value"] == '["n1", "n2"]'
 
 
 def test_shrinking_the_set_removes_only_the_dropped_node(
@@ -364,6 +451,7 @@ def test_a_lock_is_reported_as_busy_with_the_reason(
         ["spot"],
         clock=clock,
         work_dir=project,
+        config_dir=project / "state",
         pulumi_command=cli,
         lock_backoff=pulumi_stack.Backoff(60.0, 60.0),
         on_apply=applies,
@@ -432,7 +520,13 @@ def test_a_failed_apply_is_retried_without_a_new_set(
 ) -> None:
     # A release that failed must not wait for the desired set to change: the node would bill on.
     with pulumi_stack.PulumiCapacity(
-        ["spot"], clock=clock, work_dir=project, pulumi_command=cli, failure_backoff=QUICK, on_apply=applies
+        ["spot"],
+        clock=clock,
+        work_dir=project,
+        config_dir=project / "state",
+        pulumi_command=cli,
+        failure_backoff=QUICK,
+        on_apply=applies,
     ) as cap:
         cap.submit("spot", ("a",))
         settle(cap)
@@ -553,10 +647,101 @@ def test_refresh_waits_for_a_running_apply(
 # -- shutdown ---------------------------------------------------------------------------------------
 def test_close_stops_the_workers_and_refuses_new_sets(project: Path, clock: FakeClock) -> None:
     cli = sp.ScriptedPulumi(stacks=("spot",))
-    cap = pulumi_stack.PulumiCapacity(["spot"], clock=clock, work_dir=project, pulumi_command=cli)
+    cap = pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    )
     workers = [t for t in threading.enumerate() if t.name == "pulumi-apply-spot"]
     assert workers and all(t.daemon for t in workers)
     cap.close(timeout_s=SETTLE_S)
     assert not any(t.is_alive() for t in workers)
     with pytest.raises(RuntimeError, match="closed"):
         cap.submit("spot", ("a",))
+
+
+# -- guardrails ---------------------------------------------------------------------------------------
+def _pool_file(project: Path, **keys: object) -> None:
+    config = {**yaml.safe_load(HUMAN)["config"], **{f"gpuburst:{k}": v for k, v in keys.items()}}
+    (project / "Pulumi.spot.yaml").write_text(yaml.safe_dump({"config": config}))
+
+
+def test_every_up_runs_the_guardrail_pack(
+    capacity: pulumi_stack.PulumiCapacity, cli: sp.ScriptedPulumi
+) -> None:
+    capacity.submit("spot", ("n1",))
+    settle(capacity)
+
+    up = cli.commands("up")[-1]
+    pack = Path(up[up.index("--policy-pack") + 1])
+    assert pack == pulumi_stack.POLICY_PACK
+    assert (pack / "PulumiPolicy.yaml").is_file() and (pack / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("keys", "nodes", "rule"),
+    [
+        (
+            {"instanceType": "p4d.24xlarge"},
+            ("n1",),
+            "gpu-instance-types: instance type p4d.24xlarge is not allowed",
+        ),
+        (
+            {},
+            tuple(f"n{i:02}" for i in range(9)),
+            "max-nodes-per-pool: 9 GPU instances in the stack, more than",
+        ),
+        (
+            {"market": "spot", "spotMaxPrice": "9.99"},
+            ("n1",),
+            "spot-max-price: spot max price 9.99 USD/h is above",
+        ),
+        ({"associatePublicIp": True}, ("n1",), "no-public-ips: associatePublicIpAddress must be false"),
+    ],
+    ids=["instance-type", "max-nodes", "spot-price", "public-ip"],
+)
+def test_a_desired_state_breaking_a_guardrail_is_refused_before_any_cloud_call(
+    project: Path,
+    clock: FakeClock,
+    cli: sp.ScriptedPulumi,
+    applies: Applies,
+    keys: dict[str, object],
+    nodes: tuple[str, ...],
+    rule: str,
+) -> None:
+    _pool_file(project, **keys)
+    with pulumi_stack.PulumiCapacity(
+        ["spot"],
+        clock=clock,
+        work_dir=project,
+        config_dir=project / "state",
+        pulumi_command=cli,
+        failure_backoff=pulumi_stack.Backoff(60.0, 60.0),
+        on_apply=applies,
+    ) as cap:
+        cap.submit("spot", nodes)
+        assert applies.wait(1) == [pulumi_stack.Verdict.REFUSED]
+        state = cap.state("spot")
+
+    assert cli.commands("up") == [] and cli.commands("config set") == []
+    assert not (project / "state" / "Pulumi.spot.yaml").exists(), "nothing was handed to the CLI"
+    assert state.apply is model.ApplyState.FAILED
+    assert rule in state.message and state.message.startswith("guardrails refused")
+    # The decision the lifecycle takes on the requested node carries the rule as its cause.
+    rec = model.NodeRecord(nodes[0], "spot", model.NodeStatus.REQUESTED, clock.now(), clock.now())
+    obs = model.Observation(at=clock.now(), metrics={}, cluster={}, pools={"spot": state})
+    new, [transition] = lifecycle.sync({rec.name: rec}, obs, timeouts=lifecycle.Timeouts())
+    assert new[rec.name].status is model.NodeStatus.FAILED
+    assert rule in transition.reason
+
+
+def test_releasing_every_node_is_never_refused(
+    project: Path, clock: FakeClock, cli: sp.ScriptedPulumi
+) -> None:
+    _pool_file(project, instanceType="p4d.24xlarge")
+
+    with pulumi_stack.PulumiCapacity(
+        ["spot"], clock=clock, work_dir=project, config_dir=project / "state", pulumi_command=cli
+    ) as cap:
+        cap.submit("spot", ())
+        assert settle(cap).apply is model.ApplyState.IDLE
+
+    assert cli.applied("spot") == [()]
