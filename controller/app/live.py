@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -92,7 +91,7 @@ class Controller:
         if address is None:
             return None
         host, port = address
-        _check_listen(host, port, where=f"{self.loaded.source}: api.listen")
+        api.check_listen(host, port, where=f"{self.loaded.source}: api.listen")
         app = api.create_app(self.api_context(), max_body_bytes=c.max_body_bytes)
         cert, key = (self.loaded.path(f) if f else None for f in (c.tls_cert_file, c.tls_key_file))
         self.server = api.Server(app, host=host, port=port, tls_cert=cert, tls_key=key).start()
@@ -324,19 +323,6 @@ def _adapters(
                 renew_deadline_s=le.renew_deadline_s,
             )
     return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local, events=events)
-
-
-def _check_listen(host: str, port: int, *, where: str) -> None:
-    """A UserError now, rather than uvicorn's failure in its thread, when the address cannot be bound."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind(infos[0][4])
-    except OSError as exc:
-        raise errors.UserError(
-            f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc} (another process has it?)"
-        ) from None
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:

@@ -7,7 +7,7 @@ token with a role (controller.runtime.auth); `/healthz`, `/readyz` and `/metrics
 and scrapers. Errors are RFC 9457 problem documents; times are ISO-8601 UTC.
 """
 
-from controller.runtime.api.app import Server, create_app
+from controller.runtime.api.app import Server, check_listen, create_app
 from controller.runtime.api.context import STALE_TICKS, Context
 
-__all__ = ["STALE_TICKS", "Context", "Server", "create_app"]
+__all__ = ["STALE_TICKS", "Context", "Server", "check_listen", "create_app"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import fastapi
 import uvicorn
 
-from controller.runtime import auth, logs
+from controller.runtime import auth, errors, logs
 from controller.runtime.api import operations, reads, whatif
 from controller.runtime.api.common import install_errors
 from controller.runtime.api.context import Context
@@ -105,3 +106,16 @@ class Server:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+
+
+def check_listen(host: str, port: int, *, where: str) -> None:
+    """A UserError now, rather than uvicorn's failure in its thread, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise errors.UserError(
+            f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc} (another process has it?)"
+        ) from None
