@@ -1,4 +1,5 @@
-"""The workload metric contract (DESIGN.md section 7): the series a workload exposes and their labels.
+"""The workload metric contract (docs/architecture.md, contracts): the series a workload exposes and
+their labels.
 
 The controller's adapters read these names and the workload's collectors export them, so a rename happens
 here once. Every series carries ``placement`` and ``pool``. Histograms add _bucket/_sum/_count; the

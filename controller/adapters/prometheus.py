@@ -1,7 +1,7 @@
 """Workload metrics from Prometheus: the `MetricSource` port over its HTTP API (httpx).
 
-Owns the PromQL that reads the workload metric contract (DESIGN.md section 7) and the rules that turn a
-doubtful answer into "unknown" instead of a number. Per workload, every query is an instant query
+Owns the PromQL that reads the workload metric contract (docs/architecture.md, contracts) and the rules
+that turn a doubtful answer into "unknown" instead of a number. Per workload, every query is an instant query
 evaluated at the tick time:
 
 - demand: `rate` (required) and `tier_rate` (per tier, optional: a workload may serve no vip traffic);

@@ -16,7 +16,7 @@ TIERS: tuple[str, ...] = ("vip", "normal", "free")
 
 
 class NodeStatus(enum.StrEnum):
-    """Where a cloud node is in its life (DESIGN.md section 4)."""
+    """Where a cloud node is in its life (docs/architecture.md, node lifecycle)."""
 
     REQUESTED = "requested"
     PROVISIONING = "provisioning"

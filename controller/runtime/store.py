@@ -282,8 +282,8 @@ class SqliteStore:
     ) -> ports.Overrides:
         """Replace the overrides (the next tick applies them), audit before and after; returns before.
 
-        Not versioned with the tick's intent: the API is the only writer of this row (DESIGN.md
-        section 5), so a tick in flight keeps its commit and the next one reads the new values.
+        Not versioned with the tick's intent: the API is the only writer of this row (docs/architecture.md,
+        one writer per field), so a tick in flight keeps its commit and the next one reads the new values.
         """
         data = _dumps(overrides)
         with self._write() as conn:

@@ -1,4 +1,4 @@
-"""The clairvoyant oracle: the cost floor of keeping every request within the SLO (`BASELINES.md`).
+"""The clairvoyant oracle: the cost floor of keeping every request within the SLO (`docs/baselines.md`).
 
 Per second it needs r(t) = ceil(a(t) / gpu_rps) GPUs; cloud node slot k is needed wherever
 b(t) = ceil(max(0, r(t) - private) / gpus_per_node) >= k. Each slot's runs are merged across gaps of at

@@ -1,6 +1,6 @@
 """How the peers' clusters turn replicas into nodes: the pod model, Cluster Autoscaler and Karpenter.
 
-Constants are the projects' defaults (`BASELINES.md`). Pods fill the private GPUs first, then cloud nodes
+Constants are the projects' defaults (`docs/baselines.md`). Pods fill the private GPUs first, then cloud nodes
 oldest first; on scale-down the ReplicaSet deletes the newest pods first, so the newest cloud nodes
 empty out (the reading that helps the baselines: it frees cloud nodes, not private GPUs). A node under
 a spot interruption notice is treated as gone for provisioning, so its replacement launches at the

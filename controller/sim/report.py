@@ -1,6 +1,6 @@
 """What a replay reports: the terminal table, the JSON document and the per-second timeseries CSVs.
 
-Shapes are fixed by `BASELINES.md`; the timeseries columns are enough to recompute every contender's SLO
+Shapes are fixed by `docs/baselines.md`; the timeseries columns are enough to recompute every contender's SLO
 attainment and cost.
 """
 

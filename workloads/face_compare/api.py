@@ -360,7 +360,7 @@ def _add_probe_routes(app: FastAPI, service: FaceCompareService) -> None:
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        """The workload metric contract (DESIGN.md section 7), Prometheus text format."""
+        """The workload metric contract (docs/architecture.md, contracts), Prometheus text format."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -24,7 +24,7 @@ SERVICE_NAME: Final = "face-compare"
 PRIVATE_DEPLOYMENT: Final = "face-compare-private"
 BURST_DEPLOYMENT_PREFIX: Final = "face-compare-burst-"
 
-# The burst node contract (DESIGN.md section 7) and the pod labels built on it.
+# The burst node contract (docs/architecture.md, contracts) and the pod labels built on it.
 LABEL_APP: Final = "app.kubernetes.io/name"
 LABEL_PLACEMENT: Final = "gpuburst.io/placement"
 LABEL_POOL: Final = "gpuburst.io/pool"

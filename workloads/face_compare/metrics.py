@@ -1,4 +1,5 @@
-"""The face-compare side of the metric contract (DESIGN.md section 7): the collectors behind its names.
+"""The face-compare side of the metric contract (docs/architecture.md, contracts): the collectors behind
+its names.
 
 The names and labels live in `contract.metrics`, which the controller reads too; they are re-exported
 here for the dashboards and alert rules. Every series carries ``placement`` and ``pool``; nothing else is
