@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from controller import ports
 from controller.core import model, policy
 from controller.ports import clock, fakes
-from controller.runtime import reconciler, store
+from controller.runtime import api, auth, reconciler, store, telemetry
 
 SPOT = model.PoolSpec("spot", gpus_per_node=1, price_per_hour=0.4, boot_s=240, max_nodes=10, spot=True)
 ONDEMAND = model.PoolSpec("ondemand", gpus_per_node=1, price_per_hour=1.0, boot_s=240, max_nodes=10)
@@ -84,3 +86,34 @@ class World:
     def close(self) -> None:
         if isinstance(self.store, store.SqliteStore):
             self.store.close()
+
+
+PLAIN = policy.BurstPolicy(
+    target_utilization=0.8,
+    trend_window_s=0.0,
+    level_window_s=0.0,
+    base_window_s=0.0,
+    min_errors=math.inf,
+    cold_margin=0.0,
+    seasonality=False,
+)
+"""Sizing without forecasting or headroom, so a test pins the reconcile loop rather than the policy: no
+forecaster is ever trusted (min_errors unreachable), the cold forecast is the latest sample (windows of 0
+keep only it) and its margin is 0. 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the history."""
+
+
+def api_context(
+    w: World, *, tokens: auth.Tokens, tel: telemetry.Telemetry | None = None, **extra: Any
+) -> api.Context:
+    """The admin API's context over a fake world: its store, clock, pools, last report and tick."""
+    return api.Context(
+        store=w.store,  # type: ignore[arg-type]
+        telemetry=tel or telemetry.Telemetry(workloads=w.setup.workloads, pools=w.setup.pools),
+        clock=w.clock,
+        pools={p.name: p.max_nodes for p in w.setup.pools},
+        tick_interval_s=15.0,
+        last_report=lambda: w.rec.last_report,
+        tokens=tokens,
+        reconcile_now=w.rec.tick,
+        **extra,
+    )

@@ -8,7 +8,6 @@ Boot delays are on a FakeClock; real waits are only for processes to answer or e
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -21,10 +20,11 @@ import pytest
 
 from controller.adapters import local
 from controller.app import config
-from controller.core import model, policy
+from controller.core import model
 from controller.ports import fakes
 from controller.ports.clock import FakeClock
 from controller.runtime import reconciler
+from tests.support import fake_world
 
 WAIT_S = 20.0
 
@@ -341,17 +341,7 @@ def test_close_stops_and_reaps_every_worker(make_pool: Callable[..., local.Local
 # -- the reconcile loop -----------------------------------------------------------------------------
 LOCAL = model.PoolSpec("local", gpus_per_node=1, price_per_hour=0.0, boot_s=30.0, max_nodes=4)
 FACE = model.WorkloadSpec("face", gpu_rps=25, service_time_s=0.06, slo_s=0.5, private_gpus=1)
-PLAIN = policy.BurstPolicy(
-    target_utilization=0.8,
-    trend_window_s=0.0,
-    level_window_s=0.0,
-    base_window_s=0.0,
-    min_errors=math.inf,
-    cold_margin=0.0,
-    seasonality=False,
-)
-"""Sizing on the latest sample alone (windows of 0 keep only it): no forecaster is ever trusted, and the
-cold margin is 0."""
+PLAIN = fake_world.PLAIN
 KEEP_S = PLAIN.keep_factor * LOCAL.boot_s + PLAIN.horizon_extra_s
 """Idle burst capacity is kept this long (seen time): a boot, and the next tick (45 s)."""
 

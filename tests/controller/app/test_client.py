@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.app import cli
-from controller.runtime import api, auth, telemetry
+from controller.runtime import api, auth
 from tests.support import fake_world
 
 
@@ -19,15 +19,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[fake_worl
     w = fake_world.World(tmp_path / "gpuburst.db")
     tokens_file = tmp_path / "tokens.json"
     admin = auth.add_token(tokens_file, "ops-lead", auth.Role.ADMIN)
-    ctx = api.Context(
-        store=w.store,  # type: ignore[arg-type]
-        telemetry=telemetry.Telemetry(workloads=w.setup.workloads, pools=w.setup.pools),
-        clock=w.clock,
-        pools={p.name: p.max_nodes for p in w.setup.pools},
-        tick_interval_s=15.0,
-        last_report=lambda: w.rec.last_report,
+    ctx = fake_world.api_context(
+        w,
         tokens=auth.Tokens.load(tokens_file),
-        reconcile_now=w.rec.tick,
     )
     srv = api.Server(api.create_app(ctx), host="127.0.0.1", port=0).start()
     (tmp_path / "client.yaml").write_text(f"url: {srv.url}\ntoken_file: secret\n")

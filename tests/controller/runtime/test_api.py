@@ -67,15 +67,10 @@ def h(server: tuple[api.Server, dict[str, api.Context]], tmp_path: Path) -> Iter
     tel = telemetry.Telemetry(workloads=w.setup.workloads, pools=w.setup.pools, ledger=w.store.ledger)  # type: ignore[attr-defined]
     w.observers.append(tel.observe)
     w.restart()
-    ctx = api.Context(
-        store=w.store,  # type: ignore[arg-type]
-        telemetry=tel,
-        clock=w.clock,
-        pools={p.name: p.max_nodes for p in w.setup.pools},
-        tick_interval_s=15.0,
-        last_report=lambda: w.rec.last_report,
+    ctx = fake_world.api_context(
+        w,
+        tel=tel,
         tokens=_tokens(),
-        reconcile_now=w.rec.tick,
     )
     holder["ctx"] = ctx
     with httpx.Client(base_url=srv.url, timeout=5.0, headers=bearer("operator")) as http:

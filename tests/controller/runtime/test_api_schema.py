@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.runtime import api, auth, policy_file, telemetry
+from controller.runtime import api, auth, policy_file
 from tests.support import fake_world
 
 TOKEN = "gb_schema_admin"
@@ -23,16 +23,10 @@ REPORT = {"scenario": "step-spike", "duration_s": 1, "requests": 0, "results": [
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     w = fake_world.World(Path(tmp_path_factory.mktemp("schema")) / "gpuburst.db")
-    ctx = api.Context(
-        store=w.store,  # type: ignore[arg-type]
-        telemetry=telemetry.Telemetry(workloads=w.setup.workloads, pools=w.setup.pools),
-        clock=w.clock,
-        pools={p.name: p.max_nodes for p in w.setup.pools},
-        tick_interval_s=15.0,
-        last_report=lambda: w.rec.last_report,
+    ctx = fake_world.api_context(
+        w,
         tokens=auth.Tokens({auth.digest(TOKEN): auth.Principal("admin", auth.Role.ADMIN)}),
         limiter=auth.RateLimiter(rate_per_s=1e6, burst=1_000_000),
-        reconcile_now=w.rec.tick,
         get_policy=lambda: w.rec.setup.policy,
         policy_path=policy_file.DEFAULT,
         apply_policy=lambda p: setattr(w.rec, "setup", dataclasses.replace(w.rec.setup, policy=p)),

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from controller import ports
-from controller.core import model, policy, release
+from controller.core import model, release
 from tests.support import fake_world
 
-# Sizing without forecasting or headroom: 200 req/s -> ceil(200 / (25 x 0.8)) = 10 GPUs, whatever the
-# history, so these tests pin the reconcile loop rather than the policy. No forecaster is ever trusted
-# (min_errors unreachable), the cold forecast is the latest sample (trend, level and base windows of 0:
-# only the latest sample is kept) and its margin is 0.
-PLAIN = policy.BurstPolicy(
-    target_utilization=0.8,
-    trend_window_s=0.0,
-    level_window_s=0.0,
-    base_window_s=0.0,
-    min_errors=math.inf,
-    cold_margin=0.0,
-    seasonality=False,
-)
+PLAIN = fake_world.PLAIN
 KEEP_S = PLAIN.keep_factor * fake_world.SPOT.boot_s + PLAIN.horizon_extra_s
 """Idle burst capacity is kept this long (seen time) before it goes: a boot, and the next tick (255 s)."""
 

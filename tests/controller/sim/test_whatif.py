@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from controller.app import cli
-from controller.runtime import api, auth, policy_file, tasks, telemetry
+from controller.runtime import api, auth, policy_file, tasks
 from controller.sim import command, contenders, report, scenario, whatif
 from tests.support import fake_world
 
@@ -25,13 +25,8 @@ EMPTY = {"scenario": "x", "duration_s": 1, "requests": 0, "results": []}
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, api.Context]]:
     w = fake_world.World(tmp_path / "gpuburst.db")
-    ctx = api.Context(
-        store=w.store,  # type: ignore[arg-type]
-        telemetry=telemetry.Telemetry(workloads=w.setup.workloads, pools=w.setup.pools),
-        clock=w.clock,
-        pools={p.name: p.max_nodes for p in w.setup.pools},
-        tick_interval_s=15.0,
-        last_report=lambda: w.rec.last_report,
+    ctx = fake_world.api_context(
+        w,
         tokens=auth.Tokens(
             {auth.digest(t): auth.Principal(n, auth.Role[n.upper()]) for n, t in TOKENS.items()}
         ),
