@@ -1,2 +1,2 @@
 """The contract between the controller and the workloads it bursts: what a workload exposes and the
-controller reads. Both sides import it; it imports neither."""
+controller reads, and the log line format both write. Both sides import it; it imports neither."""

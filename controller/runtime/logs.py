@@ -7,34 +7,14 @@ the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
-from typing import IO, Any, Final
+from typing import IO, Final
+
+from contract.logs import JsonFormatter
 
 ROOT: Final = "gpuburst"
 _THIRD_PARTY: Final = ("apscheduler", "uvicorn", "uvicorn.error", "uvicorn.access")
-# Attributes every LogRecord has; anything else was passed through `extra=` and becomes a JSON field.
-_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    """time, level, logger, message, the `extra=` fields, the exception."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def configure(level: str = "info", *, stream: IO[str] | None = None) -> logging.Handler:
