@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,96 +20,17 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import prom
+from tests.support import live_proc, prom
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = live_proc.REPO
 TICK_S = 0.5
 prometheus = prom.prometheus
-
-STAND_IN = r"""
-import http.server, signal, sys, threading
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/readyz" else 404)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-if sys.argv[2:] == ["stubborn"]:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-else:
-    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
-server.serve_forever(poll_interval=0.05)
-"""
+STAND_IN = live_proc.STAND_IN
+Running = live_proc.Running
 
 
 def config(tmp_path: Path, prometheus_url: str, **extra: Any) -> tuple[Path, str]:
-    (tmp_path / "stand_in.py").write_text(STAND_IN)
-    port = prom.free_port()
-    data = {
-        "workloads": [
-            {"name": "face-compare", "gpu_rps": 25, "service_time_s": 0.06, "slo_s": 0.5, "private_gpus": 2}
-        ],
-        "pools": [
-            {
-                "name": "local",
-                "gpus_per_node": 1,
-                "price_per_hour": 1.0,
-                "boot_s": 1,
-                "max_nodes": 2,
-                "adapter": {
-                    "kind": "local",
-                    "boot_delay_s": 0,
-                    "worker_command": [sys.executable, str(tmp_path / "stand_in.py"), "{port}"],
-                },
-            }
-        ],
-        "prometheus": {"url": prometheus_url, "timeout_s": 0.5, "retries": 0},
-        "store": {"path": str(tmp_path / "state" / "store.db")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "tick_interval_s": TICK_S,
-        **extra,
-    }
-    path = tmp_path / "controller.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path, f"http://127.0.0.1:{port}"
-
-
-class Running:
-    """`python -m controller run --config FILE` in its own session, with its stderr in a file."""
-
-    def __init__(self, path: Path, url: str) -> None:
-        self.url = url
-        self.log = (path.parent / "controller.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "run", "--config", str(path)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-            start_new_session=True,
-        )
-
-    def get(self, route: str) -> httpx.Response | None:
-        try:
-            return httpx.get(f"{self.url}{route}", timeout=2.0)
-        except httpx.HTTPError:
-            return None
-
-    def ready(self) -> bool:
-        r = self.get("/readyz")
-        return r is not None and r.status_code == 200
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+    return live_proc.config(tmp_path, prometheus_url, tick_s=TICK_S, **extra)
 
 
 @pytest.fixture
@@ -124,13 +44,7 @@ def controller(tmp_path: Path, prometheus: prom.PrometheusServer) -> Iterator[Ru
         ctl.stop()
 
 
-def _tick_failures(ctl: Running, reason: str) -> float:
-    r = ctl.get("/metrics")
-    assert r is not None
-    for line in r.text.splitlines():
-        if line.startswith(f'gpuburst_tick_failures_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    raise AssertionError("gpuburst_tick_failures_total{reason=...} is not exported")
+_tick_failures = live_proc.tick_failures
 
 
 def test_a_removed_store_turns_readiness_off_within_two_ticks_and_loses_nothing(
@@ -244,20 +158,11 @@ WINDOW_S = 3
 KEEP_S = 12.0  # keep_factor 1 x boot_s 1 + horizon_extra_s 11: idle burst nodes go after this (seen time)
 
 
-def _nodes(ctl: Running, token: str) -> dict[str, str]:
-    r = httpx.get(f"{ctl.url}/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
-    r.raise_for_status()
-    return {n["name"]: n["status"] for n in r.json()}
+_nodes = live_proc.nodes
 
 
 def _gauge(ctl: Running, name: str) -> float | None:
-    r = ctl.get("/metrics")
-    if r is None:
-        return None
-    for line in r.text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[-1])
-    return None
+    return live_proc.metric(ctl, name)
 
 
 def test_prometheus_killed_mid_run_the_controller_holds_then_resumes(tmp_path: Path) -> None:
