@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -160,7 +161,7 @@ def build(
             metrics=metered,
             cluster=parts.cluster,
             capacity=parts.capacity,
-            store=db,
+            store=_fault_hook(db, os.environ.get(FAULT_AT_ENV)),
             observers=observers,
             dry_run=dry_run,
         )
@@ -193,6 +194,38 @@ def build(
         local=parts.local,
         closers=closers,
     )
+
+
+FAULT_AT_ENV = "GPUBURST_FAULT_AT"
+
+
+class _KilledAfterCommit:
+    """A test hook of the fault matrix (`tests/controller/app/test_fault_matrix.py`): the process SIGKILLs
+    itself right after committing a tick whose intent moves a node into the status named by
+    `GPUBURST_FAULT_AT`, before the tick acts on it. Not installed unless that variable is set."""
+
+    def __init__(self, inner: ports.Store, status: model.NodeStatus) -> None:
+        self.inner = inner
+        self.status = status
+
+    def load(self) -> ports.Snapshot:
+        return self.inner.load()
+
+    def commit(self, intent: ports.Intent, *, expected_version: int) -> int:
+        version = self.inner.commit(intent, expected_version=expected_version)
+        if any(t.after is self.status for t in intent.transitions):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return version
+
+
+def _fault_hook(db: ports.Store, status: str | None) -> ports.Store:
+    if not status:
+        return db
+    try:
+        return _KilledAfterCommit(db, model.NodeStatus(status))
+    except ValueError:
+        known = ", ".join(s.value for s in model.NodeStatus)
+        raise errors.UserError(f"{FAULT_AT_ENV}={status!r}: not a node status ({known})") from None
 
 
 def _prometheus(
