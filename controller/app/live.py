@@ -134,7 +134,7 @@ def build(
     setup = loaded.setup()
     closers: list[Callable[[], None]] = []
     try:
-        db = store.SqliteStore(loaded.store_path)
+        db = store.SqliteStore(_writable(loaded.store_path))
         closers.append(db.close)
 
         def budget() -> float | None:
@@ -194,6 +194,18 @@ def build(
         local=parts.local,
         closers=closers,
     )
+
+
+def _writable(path: Path) -> Path:
+    """The store's path, refused in one line when its file or directory cannot be written (a read-only
+    volume): SQLite would only say "unable to open database file", and the steps for a damaged store
+    (move the file aside) would lose what this one holds."""
+    for p in (path, path.parent):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise errors.UserError(
+                f"store {path}: {p} is read-only; make it writable and start again (its contents are kept)"
+            )
+    return path
 
 
 FAULT_AT_ENV = "GPUBURST_FAULT_AT"

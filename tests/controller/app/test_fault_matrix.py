@@ -21,7 +21,11 @@ those windows stretched to 1.5 s.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +247,72 @@ def test_kill_9_at_each_release_step_leaks_doubles_releases_and_loses_nothing(
     tmp_path: Path, demand: prom.PrometheusServer, step: str
 ) -> None:
     assert _scenario(tmp_path, demand, step=step, release=True) == Figures(0, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def _read_only(directory: Path) -> Iterator[None]:
+    """`directory` read-only for the controller: a read-only bind mount when root (root writes through
+    file modes), else its modes without write bits."""
+    if os.geteuid() != 0:
+        paths = [directory, *directory.iterdir()]
+        modes = {p: p.stat().st_mode for p in paths}
+        for p in paths:
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield
+        finally:
+            for p in paths:
+                p.chmod(modes[p])
+        return
+    bind = subprocess.run(
+        ["mount", "--bind", str(directory), str(directory)], check=False, capture_output=True, text=True
+    )
+    if bind.returncode != 0:
+        pytest.skip(
+            f"root without mount (a read-only bind mount is the only way to deny root writes): {bind.stderr}"
+        )
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_a_read_only_store_is_refused_at_start_in_one_line_and_loses_nothing(
+    tmp_path: Path, demand: prom.PrometheusServer
+) -> None:
+    """kill -9 with 2 nodes ready, the store's volume comes back read-only: the next start refuses in
+    one line and starts no worker; writable again, it converges with nothing leaked, doubled, released
+    by decision or lost. (A store turning read-only under a running controller cannot be injected from
+    outside: a remount read-only fails with EBUSY while SQLite holds the file open for writing.)"""
+    path, url = _config(tmp_path, demand.url)
+    ctl = live_proc.Running(path, url)
+    try:
+        prom.wait_until(ctl.ready, timeout=60, what="the controller to be ready")
+        _launch_ready(ctl, live_proc.token(tmp_path / "state"))
+    finally:
+        ctl.kill()
+    old = {p for pids in live_proc.workers(str(tmp_path)).values() for p in pids}
+    state = tmp_path / "state"
+    before = Kept.read(state / "store.db")
+    with _read_only(state):
+        refused = subprocess.run(
+            [sys.executable, "-m", "controller", "run", "--config", str(path)],
+            check=False,
+            cwd=live_proc.REPO,
+            env={**os.environ, live_proc.TAG_ENV: str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        started = live_proc.workers(str(tmp_path))
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "is read-only; make it writable and start again" in line, line
+    assert not set(started) - {""}, f"a worker started on a read-only store: {started}"
+    figures = _restart_and_count(tmp_path, path, url, before, old, drained=None)
+    print(f"read-only store at start: {line!r}; writable again: {figures}")
+    assert figures == Figures(0, 0, 0, 0)
 
 
 def test_the_fault_hook_is_off_unless_set_and_names_a_bad_status(tmp_path: Path) -> None:
