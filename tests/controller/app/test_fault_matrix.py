@@ -157,7 +157,7 @@ def _drain(ctl: live_proc.Running, token: str, node: str) -> None:
 
 def _restart_and_count(
     tmp_path: Path, path: Path, url: str, before: Kept, old_pids: set[int], *, drained: str | None
-) -> Figures:
+) -> tuple[Figures, set[str]]:
     """Restart on the same files, run to steady state (the target's nodes ready, nothing else), count."""
     target = TARGET if drained is None else AFTER_DRAIN
     tag = str(tmp_path)
@@ -192,10 +192,12 @@ def _restart_and_count(
     wrongful = sum(
         1 for a in moves if a.detail == "scale down" or (a.detail == "operator drain" and a.node != drained)
     )
-    return Figures(leaked, doubled, wrongful, before.lost(after))
+    return Figures(leaked, doubled, wrongful, before.lost(after)), ready
 
 
-def _scenario(tmp_path: Path, demand: prom.PrometheusServer, *, step: str, release: bool) -> Figures:
+def _scenario(
+    tmp_path: Path, demand: prom.PrometheusServer, *, step: str, release: bool
+) -> tuple[Figures, dict[str, str], set[str]]:
     """Run to `step` (a status the hook kills at, or `poll:<status>`), kill -9 there, restart, count."""
     path, url = _config(tmp_path, demand.url)
     polled = step.startswith("poll:")
@@ -226,9 +228,9 @@ def _scenario(tmp_path: Path, demand: prom.PrometheusServer, *, step: str, relea
     before = Kept.read(tmp_path / "state" / "store.db")
     at_kill = before.nodes if drained is None else {drained: before.nodes[drained]}
     assert status in at_kill.values(), f"killed at {before.nodes}, not at {status}"
-    figures = _restart_and_count(tmp_path, path, url, before, old, drained=drained)
-    print(f"kill -9 at {step}: {figures} (store at the kill: {before.nodes})")
-    return figures
+    figures, ready = _restart_and_count(tmp_path, path, url, before, old, drained=drained)
+    print(f"kill -9 at {step}: {figures} (store at the kill: {before.nodes}, ready after: {sorted(ready)})")
+    return figures, before.nodes, ready
 
 
 LAUNCH = ["requested", "poll:provisioning", "ready"]
@@ -239,14 +241,18 @@ RELEASE = ["draining", "poll:draining", "releasing"]
 def test_kill_9_at_each_launch_step_leaks_doubles_releases_and_loses_nothing(
     tmp_path: Path, demand: prom.PrometheusServer, step: str
 ) -> None:
-    assert _scenario(tmp_path, demand, step=step, release=False) == Figures(0, 0, 0, 0)
+    figures, at_kill, ready = _scenario(tmp_path, demand, step=step, release=False)
+    assert figures == Figures(0, 0, 0, 0)
+    if step == "requested":  # no worker was started: the restart starts the committed names
+        assert ready == set(at_kill)
 
 
 @pytest.mark.parametrize("step", RELEASE)
 def test_kill_9_at_each_release_step_leaks_doubles_releases_and_loses_nothing(
     tmp_path: Path, demand: prom.PrometheusServer, step: str
 ) -> None:
-    assert _scenario(tmp_path, demand, step=step, release=True) == Figures(0, 0, 0, 0)
+    figures, _, _ = _scenario(tmp_path, demand, step=step, release=True)
+    assert figures == Figures(0, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -310,7 +316,7 @@ def test_a_read_only_store_is_refused_at_start_in_one_line_and_loses_nothing(
     line = refused.stderr.strip().splitlines()[-1]
     assert "is read-only; make it writable and start again" in line, line
     assert not set(started) - {""}, f"a worker started on a read-only store: {started}"
-    figures = _restart_and_count(tmp_path, path, url, before, old, drained=None)
+    figures, _ = _restart_and_count(tmp_path, path, url, before, old, drained=None)
     print(f"read-only store at start: {line!r}; writable again: {figures}")
     assert figures == Figures(0, 0, 0, 0)
 
