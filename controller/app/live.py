@@ -30,6 +30,7 @@ from controller.adapters import local as local_adapter
 from controller.adapters import prometheus as prometheus_adapter
 from controller.adapters import pulumi_stack, routing
 from controller.app import config as config_mod
+from controller.app import fault_hook
 from controller.core import model, policy
 from controller.ports import clock as clock_mod
 from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
@@ -161,7 +162,7 @@ def build(
             metrics=metered,
             cluster=parts.cluster,
             capacity=parts.capacity,
-            store=_fault_hook(db, os.environ.get(FAULT_AT_ENV)),
+            store=fault_hook.wrap(db, os.environ.get(fault_hook.ENV)),
             observers=observers,
             dry_run=dry_run,
         )
@@ -197,47 +198,12 @@ def build(
 
 
 def _writable(path: Path) -> Path:
-    """The store's path, refused in one line when its file or directory cannot be written (a read-only
-    volume): SQLite would only say "unable to open database file", and the steps for a damaged store
-    (move the file aside) would lose what this one holds."""
+    """The store's path, refused in one line on a read-only volume (SQLite says only "unable to open
+    database file", and the steps for a damaged store, moving the file aside, would lose this one)."""
     for p in (path, path.parent):
         if p.exists() and not os.access(p, os.W_OK):
-            raise errors.UserError(
-                f"store {path}: {p} is read-only; make it writable and start again (its contents are kept)"
-            )
+            raise errors.UserError(f"store {path}: {p} is read-only; make it writable and start again")
     return path
-
-
-FAULT_AT_ENV = "GPUBURST_FAULT_AT"
-
-
-class _KilledAfterCommit:
-    """A test hook of the fault matrix (`tests/controller/app/test_fault_matrix.py`): the process SIGKILLs
-    itself right after committing a tick whose intent moves a node into the status named by
-    `GPUBURST_FAULT_AT`, before the tick acts on it. Not installed unless that variable is set."""
-
-    def __init__(self, inner: ports.Store, status: model.NodeStatus) -> None:
-        self.inner = inner
-        self.status = status
-
-    def load(self) -> ports.Snapshot:
-        return self.inner.load()
-
-    def commit(self, intent: ports.Intent, *, expected_version: int) -> int:
-        version = self.inner.commit(intent, expected_version=expected_version)
-        if any(t.after is self.status for t in intent.transitions):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return version
-
-
-def _fault_hook(db: ports.Store, status: str | None) -> ports.Store:
-    if not status:
-        return db
-    try:
-        return _KilledAfterCommit(db, model.NodeStatus(status))
-    except ValueError:
-        known = ", ".join(s.value for s in model.NodeStatus)
-        raise errors.UserError(f"{FAULT_AT_ENV}={status!r}: not a node status ({known})") from None
 
 
 def _prometheus(

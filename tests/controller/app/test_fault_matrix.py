@@ -34,7 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from controller.app import live
+from controller.app import fault_hook
 from controller.runtime import errors, store
 from tests.support import live_proc, prom
 
@@ -202,7 +202,7 @@ def _scenario(
     path, url = _config(tmp_path, demand.url)
     polled = step.startswith("poll:")
     status = step.removeprefix("poll:")
-    env = {} if polled else {live.FAULT_AT_ENV: status}
+    env = {} if polled else {fault_hook.ENV: status}
     ctl = live_proc.Running(path, url, env=env)
     drained: str | None = None
     try:
@@ -314,7 +314,7 @@ def test_a_read_only_store_is_refused_at_start_in_one_line_and_loses_nothing(
         started = live_proc.workers(str(tmp_path))
     assert refused.returncode == 2, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
-    assert "is read-only; make it writable and start again" in line, line
+    assert line.endswith("is read-only; make it writable and start again"), line
     assert not set(started) - {""}, f"a worker started on a read-only store: {started}"
     figures, _ = _restart_and_count(tmp_path, path, url, before, old, drained=None)
     print(f"read-only store at start: {line!r}; writable again: {figures}")
@@ -324,9 +324,9 @@ def test_a_read_only_store_is_refused_at_start_in_one_line_and_loses_nothing(
 def test_the_fault_hook_is_off_unless_set_and_names_a_bad_status(tmp_path: Path) -> None:
     db = store.SqliteStore(tmp_path / "store.db")
     try:
-        assert live._fault_hook(db, None) is db
-        assert live._fault_hook(db, "") is db
+        assert fault_hook.wrap(db, None) is db
+        assert fault_hook.wrap(db, "") is db
         with pytest.raises(errors.UserError, match="GPUBURST_FAULT_AT='launching': not a node status"):
-            live._fault_hook(db, "launching")
+            fault_hook.wrap(db, "launching")
     finally:
         db.close()
