@@ -1,10 +1,11 @@
 """`gpuburst run --config FILE`: the live controller, assembled from its config.
 
 `build` wires the adapters named in the config (Prometheus, Kubernetes or local workers, Pulumi or local
-capacity) to the reconciler, the SQLite store, telemetry, the admin API and the scheduled jobs; `run`
-starts them and waits for SIGTERM. `--once` runs one tick and prints its TickReport as JSON (exit 0
-even when it holds); `--dry-run` decides and reports without committing or acting, and takes no part in
-leader election. `gpuburst demo` (`controller.app.demo`) builds its controller here too.
+capacity) to the reconciler, the store (SQLite, or PostgreSQL shared by replicas), telemetry, the admin
+API and the scheduled jobs; `run` starts them and waits for SIGTERM. `--once` runs one tick and prints
+its TickReport as JSON (exit 0 even when it holds); `--dry-run` decides and reports without committing or
+acting, and takes no part in leader election. `gpuburst demo` (`controller.app.demo`) builds its
+controller here too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from controller.adapters import pulumi_stack, routing
 from controller.app import config as config_mod
 from controller.core import model, policy
 from controller.ports import clock as clock_mod
-from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
+from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store_sql, telemetry
 from controller.sim import whatif
 
 log = logs.get("live")
@@ -46,7 +47,7 @@ class Controller:
     loaded: config_mod.Loaded
     setup: reconciler.Setup
     clock: ports.Clock
-    store: store.SqliteStore
+    store: store_sql.AnyStore
     telemetry: telemetry.Telemetry
     metrics: ports.MetricSource
     cluster: ports.Cluster
@@ -133,7 +134,7 @@ def build(
     setup = loaded.setup()
     closers: list[Callable[[], None]] = []
     try:
-        db = store.SqliteStore(loaded.store_path)
+        db = loaded.open_store()
         closers.append(db.close)
 
         def budget() -> float | None:
@@ -210,7 +211,7 @@ def _jobs(
     rec: reconciler.Reconciler,
     parts: _Adapters,
     *,
-    db: store.SqliteStore,
+    db: store_sql.AnyStore,
     tel: telemetry.Telemetry,
     clock: ports.Clock,
     dry_run: bool,
