@@ -276,7 +276,6 @@ def _adapters(
     cfg = loaded.config
     pulumi: list[pulumi_stack.PulumiCapacity] = []
     local: list[local_adapter.LocalPool] = []
-    elector: kube_adapter.LeaseElector | None = None
     events: Callable[[model.TickReport], None] | None = None
     cluster: ports.Cluster
     capacity: ports.Capacity
@@ -289,12 +288,7 @@ def _adapters(
     else:
         assert cfg.kubernetes is not None  # validated with pulumi pools
         k = cfg.kubernetes
-        client = kube_adapter.api_client(
-            host=k.host,
-            kubeconfig=str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None,
-            context=k.context,
-        )
-        closers.append(client.close)
+        client = _client(loaded, closers)
         kube_cluster = kube_adapter.KubeCluster(
             client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
         )
@@ -312,18 +306,35 @@ def _adapters(
         pulumi = list({id(a): a for a in by_pulumi.values()}.values())
         closers.extend(a.close for a in pulumi)
         capacity = routing.PoolRouter(by_pulumi)
-        le = cfg.leader_election
-        if le.enabled and not dry_run:
-            elector = kube_adapter.LeaseElector(
-                client,
-                le.identity or kube_adapter.default_identity(),
-                clock=clock,
-                name=le.lease_name,
-                namespace=le.namespace or k.namespace,
-                lease_duration_s=le.lease_duration_s,
-                renew_deadline_s=le.renew_deadline_s,
-            )
+    enabled = cfg.leader_election.enabled and not dry_run
+    elector = _elector(loaded, clock=clock, closers=closers) if enabled else None
     return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local, events=events)
+
+
+def _elector(
+    loaded: config_mod.Loaded, *, clock: ports.Clock, closers: list[Callable[[], None]]
+) -> kube_adapter.LeaseElector:
+    """The Lease the replicas contend for, on its own API client (local pools have no other)."""
+    k, le = loaded.config.kubernetes, loaded.config.leader_election
+    assert k is not None  # validated with leader_election.enabled
+    return kube_adapter.LeaseElector(
+        _client(loaded, closers),
+        le.identity or kube_adapter.default_identity(),
+        clock=clock,
+        name=le.lease_name,
+        namespace=le.namespace or k.namespace,
+        lease_duration_s=le.lease_duration_s,
+        renew_deadline_s=le.renew_deadline_s,
+    )
+
+
+def _client(loaded: config_mod.Loaded, closers: list[Callable[[], None]]) -> Any:
+    k = loaded.config.kubernetes
+    assert k is not None
+    kubeconfig = str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None
+    client = kube_adapter.api_client(host=k.host, kubeconfig=kubeconfig, context=k.context)
+    closers.append(client.close)
+    return client
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:
