@@ -9,6 +9,7 @@ the config file's directory. `examples/local.yaml` and `examples/aws.yaml` docum
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pydantic
 
 from controller.adapters import prometheus as prometheus_adapter
 from controller.core import model, policy
-from controller.runtime import auth, errors, policy_file, reconciler
+from controller.runtime import auth, errors, policy_file, reconciler, store, store_sql
 from controller.runtime.pool_schema import Name, PoolFields
 
 WORKER_COMMAND: tuple[str, ...] = (
@@ -155,10 +156,28 @@ class LeaderElectionConfig(_Model):
 
 
 class StoreConfig(_Model):
+    """SQLite at `path` (one replica), or the PostgreSQL database at `url` that several replicas share."""
+
     path: Path = Path("gpuburst.db")
+    url: str | None = None
+    """postgresql://USER@HOST:PORT/DATABASE; the password never here: in the variable `password_env` names."""
+    password_env: str | None = None
     retention_days: float = pydantic.Field(
         default=14.0, gt=0, description="decisions and audit rows older are pruned"
     )
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _postgresql(cls, url: str | None) -> str | None:
+        if url is not None:
+            store_sql.engine_url(url)  # ValueError: pydantic names store.url
+        return url
+
+    @pydantic.model_validator(mode="after")
+    def _password_with_url(self) -> StoreConfig:
+        if self.password_env is not None and self.url is None:
+            raise ValueError("password_env is for store.url (PostgreSQL)")
+        return self
 
 
 class ApiConfig(_Model):
@@ -277,6 +296,20 @@ class Loaded:
     def store_path(self) -> Path:
         return self.path(self.config.store.path)
 
+    def open_store(self) -> store_sql.AnyStore:
+        """The configured store, migrated: PostgreSQL at `store.url`, else SQLite at `store.path`."""
+        s = self.config.store
+        if s.url is None:
+            return store.SqliteStore(_writable(self.store_path))
+        password = None
+        if s.password_env is not None:
+            password = os.environ.get(s.password_env)
+            if password is None:
+                raise errors.UserError(
+                    f"{self.source}: store.password_env: the environment variable {s.password_env} is not set"
+                )
+        return store_sql.SqlStore(store_sql.engine_url(s.url, password=password))
+
     def setup(self) -> reconciler.Setup:
         c = self.config
         return reconciler.Setup(
@@ -325,3 +358,12 @@ def _check_budget(config: Config, burst_policy: policy.BurstPolicy, *, source: P
             f"{source}: pools: min_nodes cost {floor:.2f} USD/h, above the policy budget of "
             f"{budget:.2f} USD/h ({config.policy_file or policy_file.DEFAULT})"
         )
+
+
+def _writable(path: Path) -> Path:
+    """The store's path, refused in one line on a read-only volume (SQLite says only "unable to open
+    database file", and the steps for a damaged store, moving the file aside, would lose this one)."""
+    for p in (path, path.parent):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise errors.UserError(f"store {path}: {p} is read-only; make it writable and start again")
+    return path

@@ -33,8 +33,9 @@ class _KilledAfterCommit:
         return version
 
 
-def wrap(db: ports.Store, status: str | None) -> ports.Store:
-    """`db`, or `db` behind the hook when `status` (the variable's value) is set."""
+def wrap(db: ports.Store, status: str | None = None) -> ports.Store:
+    """`db`, or `db` behind the hook when `status` (by default the variable's value) is set."""
+    status = os.environ.get(ENV) if status is None else status
     if not status:
         return db
     try:

@@ -1,10 +1,11 @@
 """`gpuburst run --config FILE`: the live controller, assembled from its config.
 
 `build` wires the adapters named in the config (Prometheus, Kubernetes or local workers, Pulumi or local
-capacity) to the reconciler, the SQLite store, telemetry, the admin API and the scheduled jobs; `run`
-starts them and waits for SIGTERM. `--once` runs one tick and prints its TickReport as JSON (exit 0
-even when it holds); `--dry-run` decides and reports without committing or acting, and takes no part in
-leader election. `gpuburst demo` (`controller.app.demo`) builds its controller here too.
+capacity) to the reconciler, the store (SQLite, or PostgreSQL shared by replicas), telemetry, the admin
+API and the scheduled jobs; `run` starts them and waits for SIGTERM. `--once` runs one tick and prints
+its TickReport as JSON (exit 0 even when it holds); `--dry-run` decides and reports without committing or
+acting, and takes no part in leader election. `gpuburst demo` (`controller.app.demo`) builds its
+controller here too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 import signal
 import sys
 import threading
@@ -33,7 +33,7 @@ from controller.app import config as config_mod
 from controller.app import fault_hook
 from controller.core import model, policy
 from controller.ports import clock as clock_mod
-from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store, telemetry
+from controller.runtime import api, auth, codec, errors, jobs, logs, orphans, reconciler, store_sql, telemetry
 from controller.sim import whatif
 
 log = logs.get("live")
@@ -48,7 +48,7 @@ class Controller:
     loaded: config_mod.Loaded
     setup: reconciler.Setup
     clock: ports.Clock
-    store: store.SqliteStore
+    store: store_sql.AnyStore
     telemetry: telemetry.Telemetry
     metrics: ports.MetricSource
     cluster: ports.Cluster
@@ -135,7 +135,7 @@ def build(
     setup = loaded.setup()
     closers: list[Callable[[], None]] = []
     try:
-        db = store.SqliteStore(_writable(loaded.store_path))
+        db = loaded.open_store()
         closers.append(db.close)
 
         def budget() -> float | None:
@@ -162,7 +162,7 @@ def build(
             metrics=metered,
             cluster=parts.cluster,
             capacity=parts.capacity,
-            store=fault_hook.wrap(db, os.environ.get(fault_hook.ENV)),
+            store=fault_hook.wrap(db),
             observers=observers,
             dry_run=dry_run,
         )
@@ -197,15 +197,6 @@ def build(
     )
 
 
-def _writable(path: Path) -> Path:
-    """The store's path, refused in one line on a read-only volume (SQLite says only "unable to open
-    database file", and the steps for a damaged store, moving the file aside, would lose this one)."""
-    for p in (path, path.parent):
-        if p.exists() and not os.access(p, os.W_OK):
-            raise errors.UserError(f"store {path}: {p} is read-only; make it writable and start again")
-    return path
-
-
 def _prometheus(
     cfg: config_mod.Config, *, checks: dict[str, Callable[[], str | None]], closers: list[Callable[[], None]]
 ) -> prometheus_adapter.PrometheusSource:
@@ -221,7 +212,7 @@ def _jobs(
     rec: reconciler.Reconciler,
     parts: _Adapters,
     *,
-    db: store.SqliteStore,
+    db: store_sql.AnyStore,
     tel: telemetry.Telemetry,
     clock: ports.Clock,
     dry_run: bool,
@@ -286,7 +277,6 @@ def _adapters(
     cfg = loaded.config
     pulumi: list[pulumi_stack.PulumiCapacity] = []
     local: list[local_adapter.LocalPool] = []
-    elector: kube_adapter.LeaseElector | None = None
     events: Callable[[model.TickReport], None] | None = None
     cluster: ports.Cluster
     capacity: ports.Capacity
@@ -299,12 +289,7 @@ def _adapters(
     else:
         assert cfg.kubernetes is not None  # validated with pulumi pools
         k = cfg.kubernetes
-        client = kube_adapter.api_client(
-            host=k.host,
-            kubeconfig=str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None,
-            context=k.context,
-        )
-        closers.append(client.close)
+        client = _client(loaded, closers)
         kube_cluster = kube_adapter.KubeCluster(
             client, k.namespace, deployment_name=k.deployment_name, timeout_s=k.timeout_s
         )
@@ -322,18 +307,35 @@ def _adapters(
         pulumi = list({id(a): a for a in by_pulumi.values()}.values())
         closers.extend(a.close for a in pulumi)
         capacity = routing.PoolRouter(by_pulumi)
-        le = cfg.leader_election
-        if le.enabled and not dry_run:
-            elector = kube_adapter.LeaseElector(
-                client,
-                le.identity or kube_adapter.default_identity(),
-                clock=clock,
-                name=le.lease_name,
-                namespace=le.namespace or k.namespace,
-                lease_duration_s=le.lease_duration_s,
-                renew_deadline_s=le.renew_deadline_s,
-            )
+    enabled = cfg.leader_election.enabled and not dry_run
+    elector = _elector(loaded, clock=clock, closers=closers) if enabled else None
     return _Adapters(cluster, capacity, elector=elector, pulumi=pulumi, local=local, events=events)
+
+
+def _elector(
+    loaded: config_mod.Loaded, *, clock: ports.Clock, closers: list[Callable[[], None]]
+) -> kube_adapter.LeaseElector:
+    """The Lease the replicas contend for, on its own API client (local pools have no other)."""
+    k, le = loaded.config.kubernetes, loaded.config.leader_election
+    assert k is not None  # validated with leader_election.enabled
+    return kube_adapter.LeaseElector(
+        _client(loaded, closers),
+        le.identity or kube_adapter.default_identity(),
+        clock=clock,
+        name=le.lease_name,
+        namespace=le.namespace or k.namespace,
+        lease_duration_s=le.lease_duration_s,
+        renew_deadline_s=le.renew_deadline_s,
+    )
+
+
+def _client(loaded: config_mod.Loaded, closers: list[Callable[[], None]]) -> Any:
+    k = loaded.config.kubernetes
+    assert k is not None
+    kubeconfig = str(loaded.path(k.kubeconfig)) if k.kubeconfig is not None else None
+    client = kube_adapter.api_client(host=k.host, kubeconfig=kubeconfig, context=k.context)
+    closers.append(client.close)
+    return client
 
 
 def _safely(fn: Callable[[model.TickReport], None], what: str) -> Callable[[model.TickReport], None]:

@@ -17,6 +17,8 @@ from controller.runtime import errors, store
 
 def backup(args: argparse.Namespace) -> int:
     loaded = config_mod.load(args.config)
+    if loaded.config.store.url is not None:
+        loaded.open_store().backup(args.out)  # a PostgreSQL store: says to use pg_dump
     if not loaded.store_path.exists():
         raise errors.UserError(f"{loaded.source}: store.path: {loaded.store_path} does not exist yet")
     db = store.SqliteStore(loaded.store_path)

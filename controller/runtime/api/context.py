@@ -8,7 +8,7 @@ from pathlib import Path
 
 from controller import ports
 from controller.core import model, policy
-from controller.runtime import auth, store, tasks, telemetry
+from controller.runtime import auth, store_sql, tasks, telemetry
 
 STALE_TICKS = 3.0
 """A leader whose last tick is older than this many intervals is not doing its job."""
@@ -18,7 +18,7 @@ STALE_TICKS = 3.0
 class Context:
     """What the API reads and may change; live.py builds it over the running controller."""
 
-    store: store.SqliteStore
+    store: store_sql.AnyStore
     telemetry: telemetry.Telemetry
     clock: ports.Clock
     pools: Mapping[str, int]

@@ -324,7 +324,7 @@ def test_a_read_only_store_is_refused_at_start_in_one_line_and_loses_nothing(
 def test_the_fault_hook_is_off_unless_set_and_names_a_bad_status(tmp_path: Path) -> None:
     db = store.SqliteStore(tmp_path / "store.db")
     try:
-        assert fault_hook.wrap(db, None) is db
+        assert fault_hook.wrap(db) is db
         assert fault_hook.wrap(db, "") is db
         with pytest.raises(errors.UserError, match="GPUBURST_FAULT_AT='launching': not a node status"):
             fault_hook.wrap(db, "launching")

@@ -1,5 +1,5 @@
-"""The SQLite store: versioned atomic commits, migrations, the generic policy-state codec, overrides,
-the audit log, the ledger and retention."""
+"""The store, on SQLite and on PostgreSQL: versioned atomic commits, migrations, the generic policy-state
+codec, overrides, the audit log, the ledger and retention. Tests taking `db` or `open_store` run on both."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from controller import ports
 from controller.core import model, policy
-from controller.runtime import codec, errors, schema, store
+from controller.runtime import codec, errors, schema, store, store_sql
+from tests.support import postgres
+
+pg_server = postgres.pg_server
+AnyStore = store_sql.AnyStore
 
 S = model.NodeStatus
 
@@ -58,14 +63,42 @@ def _rec(name: str, status: model.NodeStatus = S.REQUESTED, at: float = 100.0) -
     return model.NodeRecord(name, "spot", status, at, at)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], AnyStore]]:
+    """Opens another store object on the same database (a fresh one per test), on either backend."""
+    make: Callable[[], AnyStore]
+    if request.param == "sqlite":
+        path = tmp_path / "gpuburst.db"
+        make = lambda: store.SqliteStore(path)  # noqa: E731
+    else:
+        url = request.getfixturevalue("pg_server").fresh_url()
+        make = lambda: store_sql.SqlStore(url)  # noqa: E731
+    opened: list[AnyStore] = []
+
+    def opener() -> AnyStore:
+        opened.append(make())
+        return opened[-1]
+
+    yield opener
+    for s in opened:
+        s.close()
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[store.SqliteStore]:
-    s = store.SqliteStore(tmp_path / "gpuburst.db")
-    yield s
-    s.close()
+def db(open_store: Callable[[], AnyStore]) -> AnyStore:
+    return open_store()
 
 
-def test_an_empty_database_loads_as_version_zero(db: store.SqliteStore) -> None:
+def _execute(db: AnyStore, sql: str) -> None:
+    """Raw SQL on the store's own database, past its API."""
+    if isinstance(db, store.SqliteStore):
+        db._conn().execute(sql)
+    else:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(sql))
+
+
+def test_an_empty_database_loads_as_version_zero(db: AnyStore) -> None:
     snap = db.load()
     assert snap.version == 0
     assert snap.records == {}
@@ -74,7 +107,7 @@ def test_an_empty_database_loads_as_version_zero(db: store.SqliteStore) -> None:
     assert snap.overrides == ports.Overrides()
 
 
-def test_commit_then_load_round_trips_the_intent(db: store.SqliteStore) -> None:
+def test_commit_then_load_round_trips_the_intent(db: AnyStore) -> None:
     recs = {"spot-1": _rec("spot-1"), "spot-2": model.NodeRecord("spot-2", "spot", S.READY, 90, 10, 90, "ok")}
     tr = (model.Transition(100.0, "spot-1", "spot", None, S.REQUESTED, "scale up"),)
     state = policy.PolicyState(recommendations=((85.0, 1), (100.0, 2)))
@@ -99,13 +132,13 @@ def test_commit_then_load_round_trips_the_intent(db: store.SqliteStore) -> None:
     assert db.ledger() == {"spot": (30.0, 0.01)}
 
 
-def test_records_left_out_of_an_intent_leave_the_table(db: store.SqliteStore) -> None:
+def test_records_left_out_of_an_intent_leave_the_table(db: AnyStore) -> None:
     db.commit(_intent(1.0, {"a": _rec("a"), "b": _rec("b")}), expected_version=0)
     db.commit(_intent(2.0, {"b": _rec("b", S.PROVISIONING)}), expected_version=1)
     assert {n: r.status for n, r in db.load().records.items()} == {"b": S.PROVISIONING}
 
 
-def test_a_stale_version_conflicts_and_writes_nothing(db: store.SqliteStore) -> None:
+def test_a_stale_version_conflicts_and_writes_nothing(db: AnyStore) -> None:
     db.commit(_intent(1.0, {"a": _rec("a")}), expected_version=0)
     with pytest.raises(ports.ConflictError, match="version 1, expected 0"):
         db.commit(_intent(2.0, {"b": _rec("b")}, cost={"spot": (5.0, 1.0)}), expected_version=0)
@@ -115,7 +148,7 @@ def test_a_stale_version_conflicts_and_writes_nothing(db: store.SqliteStore) -> 
     assert db.ledger() == {}
 
 
-def test_a_failure_mid_commit_rolls_the_whole_intent_back(db: store.SqliteStore) -> None:
+def test_a_failure_mid_commit_rolls_the_whole_intent_back(db: AnyStore) -> None:
     db.commit(_intent(1.0, {"a": _rec("a")}), expected_version=0)
     # The inputs are serialized after the node rows were written: the failure must undo those too.
     bad = _intent(2.0, {"b": _rec("b")}, inputs={"oops": object()})
@@ -126,21 +159,18 @@ def test_a_failure_mid_commit_rolls_the_whole_intent_back(db: store.SqliteStore)
     assert db.commit(_intent(3.0, {"c": _rec("c")}), expected_version=1) == 2
 
 
-def test_two_stores_on_one_file_see_each_other_and_conflict(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    one, two = store.SqliteStore(path), store.SqliteStore(path)
-    try:
-        a, b = one.load(), two.load()
-        one.commit(_intent(1.0, {"a": _rec("a")}), expected_version=a.version)
-        with pytest.raises(ports.ConflictError):
-            two.commit(_intent(1.0, {"b": _rec("b")}), expected_version=b.version)
-        assert set(two.load().records) == {"a"}
-    finally:
-        one.close()
-        two.close()
+def test_two_stores_on_one_database_see_each_other_and_conflict(
+    open_store: Callable[[], AnyStore],
+) -> None:
+    one, two = open_store(), open_store()
+    a, b = one.load(), two.load()
+    one.commit(_intent(1.0, {"a": _rec("a")}), expected_version=a.version)
+    with pytest.raises(ports.ConflictError):
+        two.commit(_intent(1.0, {"b": _rec("b")}), expected_version=b.version)
+    assert set(two.load().records) == {"a"}
 
 
-def test_readers_in_other_threads_run_alongside_the_writer(db: store.SqliteStore) -> None:
+def test_readers_in_other_threads_run_alongside_the_writer(db: AnyStore) -> None:
     seen: list[int] = []
     failures: list[BaseException] = []
     stop = threading.Event()
@@ -258,27 +288,18 @@ def test_policy_state_written_by_an_older_or_newer_controller_still_loads(tmp_pa
     assert written("{}") == policy.PolicyState()
 
 
-def test_a_state_another_writer_committed_is_read_not_served_from_the_cache(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    one, two = store.SqliteStore(path), store.SqliteStore(path)
-    try:
-        one.commit(
-            _intent(1.0, {}, state=policy.PolicyState(recommendations=((1.0, 1),))), expected_version=0
-        )
-        two.commit(
-            _intent(2.0, {}, state=policy.PolicyState(recommendations=((2.0, 2),))), expected_version=1
-        )
-        assert one.load().policy_state.recommendations == ((2.0, 2),)
-    finally:
-        one.close()
-        two.close()
+def test_a_state_another_writer_committed_is_read_not_served_from_the_cache(
+    open_store: Callable[[], AnyStore],
+) -> None:
+    one, two = open_store(), open_store()
+    one.commit(_intent(1.0, {}, state=policy.PolicyState(recommendations=((1.0, 1),))), expected_version=0)
+    two.commit(_intent(2.0, {}, state=policy.PolicyState(recommendations=((2.0, 2),))), expected_version=1)
+    assert one.load().policy_state.recommendations == ((2.0, 2),)
 
 
-def test_undecodable_policy_state_is_an_error_not_a_silent_reset(db: store.SqliteStore) -> None:
-    with sqlite3.connect(db.path) as conn:
-        conn.execute(
-            "UPDATE controller_state SET policy_state = ?", (json.dumps({"recommendations": [["soon", 4]]}),)
-        )
+def test_undecodable_policy_state_is_an_error_not_a_silent_reset(db: AnyStore) -> None:
+    bad = json.dumps({"recommendations": [["soon", 4]]})
+    _execute(db, f"UPDATE controller_state SET policy_state = '{bad}'")
     with pytest.raises(schema.StoreError, match=r"recommendations\[0\]\[0\]: expected a number"):
         db.load()
 
@@ -336,13 +357,12 @@ def test_the_codec_names_the_path_of_a_bad_value() -> None:
 
 
 # -- overrides, audit, ledger, retention ------------------------------------------------------------
-def test_overrides_persist_across_store_objects_and_are_audited(tmp_path: Path) -> None:
-    path = tmp_path / "o.db"
-    db = store.SqliteStore(path)
+def test_overrides_persist_across_store_objects_and_are_audited(open_store: Callable[[], AnyStore]) -> None:
+    db = open_store()
     ov = ports.Overrides(hold=True, budget_usd_per_hour=5.0, max_nodes={"spot": 1}, reason="incident 42")
     assert db.set_overrides(ov, at=50.0, by="alice", request_id="r-1") == ports.Overrides()
     db.close()
-    db = store.SqliteStore(path)
+    db = open_store()
     try:
         assert db.overrides() == ov
         assert db.load().overrides == ov
@@ -365,11 +385,11 @@ def test_overrides_persist_across_store_objects_and_are_audited(tmp_path: Path) 
         db.close()
 
 
-def test_audit_rows_are_append_only_and_page_by_cursor(db: store.SqliteStore) -> None:
+def test_audit_rows_are_append_only_and_page_by_cursor(db: AnyStore) -> None:
     for i in range(5):
         db.audit_change(float(i), "policy_reload", actor=f"u{i % 2}", target="policy", before="a", after="b")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db._conn().execute("UPDATE audit SET actor = 'mallory'")
+    with pytest.raises((sqlite3.IntegrityError, sa.exc.DBAPIError), match="append-only"):
+        _execute(db, "UPDATE audit SET actor = 'mallory'")
     page = db.audit(limit=2)
     assert [r.at for r in page] == [4.0, 3.0]
     assert [r.at for r in db.audit(limit=2, before_id=page[-1].id)] == [2.0, 1.0]
@@ -377,13 +397,13 @@ def test_audit_rows_are_append_only_and_page_by_cursor(db: store.SqliteStore) ->
     assert [r.at for r in db.audit(since=3.0, target="policy")] == [4.0, 3.0]
 
 
-def test_setting_overrides_does_not_move_the_version(db: store.SqliteStore) -> None:
+def test_setting_overrides_does_not_move_the_version(db: AnyStore) -> None:
     snap = db.load()
     db.set_overrides(ports.Overrides(hold=True), at=1.0)
     db.commit(_intent(2.0, {}), expected_version=snap.version)
 
 
-def test_actions_and_errors_of_a_tick_are_audited(db: store.SqliteStore) -> None:
+def test_actions_and_errors_of_a_tick_are_audited(db: AnyStore) -> None:
     report = model.TickReport(
         at=10.0,
         synced=True,
@@ -401,7 +421,7 @@ def test_actions_and_errors_of_a_tick_are_audited(db: store.SqliteStore) -> None
     ]
 
 
-def test_the_ledger_adds_up_per_pool_and_hour(db: store.SqliteStore) -> None:
+def test_the_ledger_adds_up_per_pool_and_hour(db: AnyStore) -> None:
     db.commit(_intent(3500.0, {}, cost={"spot": (60.0, 0.01), "od": (60.0, 0.02)}), expected_version=0)
     db.commit(_intent(3560.0, {}, cost={"spot": (60.0, 0.01)}), expected_version=1)
     db.commit(_intent(3620.0, {}, cost={"spot": (60.0, 0.01)}), expected_version=2)
@@ -414,7 +434,7 @@ def test_the_ledger_adds_up_per_pool_and_hour(db: store.SqliteStore) -> None:
     assert db.ledger_hourly(since=3600.0) == [("spot", 3600.0, 60.0, 0.01)]
 
 
-def test_retention_prunes_old_rows_but_keeps_live_nodes_and_the_ledger(db: store.SqliteStore) -> None:
+def test_retention_prunes_old_rows_but_keeps_live_nodes_and_the_ledger(db: AnyStore) -> None:
     old = {"gone": _rec("gone", S.RELEASED, at=10.0), "live": _rec("live", S.READY, at=10.0)}
     tr = (model.Transition(10.0, "gone", "spot", S.RELEASING, S.RELEASED, "instance gone"),)
     db.commit(_intent(10.0, old, transitions=tr, cost={"spot": (10.0, 1.0)}), expected_version=0)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the PostgreSQL store (`controller.runtime.store_sql` runs them at start)."""
