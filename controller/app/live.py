@@ -129,8 +129,7 @@ def build(
     """Every part of a live controller, not yet started. Raises UserError naming what is misconfigured.
 
     `pulumi_command` and `metrics` let tests put a scripted CLI or a fake source in; the rest is built
-    exactly as in production.
-    """
+    exactly as in production."""
     clock = clock or clock_mod.SystemClock()
     setup = loaded.setup()
     closers: list[Callable[[], None]] = []
