@@ -204,9 +204,10 @@ def objects(
     return out
 
 
-def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
+def container(cfg: ControllerConfig) -> Obj:
+    """The controller container: probes, resources, a locked-down security context, its mounts."""
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
-    container: Obj = {
+    return {
         "name": "controller",
         "image": cfg.image,
         "args": ["run", "--config", f"{CONFIG_DIR}/config.yaml"],
@@ -243,6 +244,9 @@ def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
             *({"name": name, "mountPath": path} for name, path in WRITABLE.items()),
         ],
     }
+
+
+def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
     digest = hashlib.sha256(config_text.encode()).hexdigest()
     return {
         "apiVersion": "apps/v1",
@@ -280,7 +284,7 @@ def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
                             ]
                         }
                     },
-                    "containers": [container],
+                    "containers": [container(cfg)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": NAME}},
                         {
