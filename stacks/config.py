@@ -38,7 +38,15 @@ POOL_KEYS = (
     "nodePolicyArns",
     "vpn",
 )
-PRIVATE_CLUSTER_KEYS = ("image", "namespace", "pools", "privateReplicas", "monitoringNamespace")
+PRIVATE_CLUSTER_KEYS = (
+    "image",
+    "namespace",
+    "pools",
+    "privateReplicas",
+    "monitoringNamespace",
+    "controller",
+    "prometheusOperator",
+)
 # Keys whose value is JSON (a YAML list or map in the stack file); the rest are scalars.
 JSON_KEYS = {
     "nodes": "list of node names",
@@ -48,6 +56,7 @@ JSON_KEYS = {
     "nodePolicyArns": "list of IAM policy ARNs",
     "vpn": "object",
     "pools": "list of pool names",
+    "controller": "object",
 }
 JOIN_COMMAND_KEY = "joinCommand"
 
@@ -159,6 +168,23 @@ class PoolConfig(_Model):
         return self
 
 
+class ControllerConfig(_Model):
+    """The controller's Deployment on the private cluster (stacks/controller_deploy.py)."""
+
+    image: str = pydantic.Field(min_length=1)
+    namespace: str = "gpuburst"
+    # The controller's config file, relative to the project root: mounted as /etc/gpuburst/config.yaml.
+    config: str = pydantic.Field("examples/in-cluster.yaml", min_length=1)
+    # Secrets a person creates (docs/deploy.md); the stack only names them.
+    tokens_secret: str = pydantic.Field("gpuburst-api-tokens", alias="tokensSecret")
+    credentials_secret: str = pydantic.Field("gpuburst-cloud-credentials", alias="credentialsSecret")
+
+    @pydantic.field_validator("namespace", "tokens_secret", "credentials_secret")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _check_name(value, "name")
+
+
 class PrivateClusterConfig(_Model):
     """The workload objects on the private cluster: one private Deployment, one burst Deployment per pool."""
 
@@ -167,6 +193,10 @@ class PrivateClusterConfig(_Model):
     pools: tuple[str, ...] = ()
     private_replicas: int = pydantic.Field(1, alias="privateReplicas", ge=0)
     monitoring_namespace: str | None = pydantic.Field(None, alias="monitoringNamespace")
+    controller: ControllerConfig | None = None
+    # The Prometheus Operator's CRDs exist: rules as a PrometheusRule and a ServiceMonitor for the
+    # controller, instead of the rules ConfigMap for a sidecar.
+    prometheus_operator: bool = pydantic.Field(False, alias="prometheusOperator")
 
     @pydantic.field_validator("namespace", "monitoring_namespace")
     @classmethod

@@ -14,10 +14,12 @@ from typing import Any
 import pulumi
 
 from stacks import config as stack_config
-from stacks import network, pool, workload
+from stacks import controller_deploy, network, pool, workload
 
 DASHBOARDS_DIR = Path(str(resources.files("dashboards")))
 """The dashboards package, whose JSON the monitoring ConfigMaps carry."""
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+"""Where Pulumi.yaml is: the controller's config file is named relative to it."""
 
 
 def main() -> None:
@@ -56,7 +58,7 @@ def pool_stack() -> dict[str, Any]:
 
 def private_cluster_stack() -> dict[str, Any]:
     cfg = stack_config.parse_private_cluster(stack_config.read(stack_config.PRIVATE_CLUSTER_KEYS))
-    workload.Workload(
+    objects = workload.Workload(
         "face-compare",
         image=cfg.image,
         namespace=cfg.namespace,
@@ -64,5 +66,19 @@ def private_cluster_stack() -> dict[str, Any]:
         private_replicas=cfg.private_replicas,
         dashboards_dir=DASHBOARDS_DIR,
         monitoring_namespace=cfg.monitoring_namespace,
+        rule_configmaps=not cfg.prometheus_operator,
     )
+    if cfg.controller is not None:
+        path = PROJECT_DIR / cfg.controller.config
+        if not path.is_file():
+            raise stack_config.ConfigError(f"gpuburst:controller.config: no file {path}")
+        controller_deploy.Controller(
+            "gpuburst-controller",
+            cfg=cfg.controller,
+            config_text=path.read_text(encoding="utf-8"),
+            workload_namespace=cfg.namespace,
+            dashboards_dir=DASHBOARDS_DIR,
+            prometheus_operator=cfg.prometheus_operator,
+            opts=pulumi.ResourceOptions(depends_on=[objects]),
+        )
     return {"namespace": cfg.namespace, "pools": list(cfg.pools)}

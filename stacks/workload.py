@@ -39,7 +39,7 @@ _FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "data"})
 
 class Workload(pulumi.ComponentResource):
     """One private Deployment, one burst Deployment (and PDB) per pool, the Service in front of all,
-    and one ConfigMap per dashboard or rule file."""
+    and one ConfigMap per dashboard or rule file (rule files not, where a PrometheusRule carries them)."""
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Workload(pulumi.ComponentResource):
         private_replicas: int,
         dashboards_dir: Path,
         monitoring_namespace: str | None = None,
+        rule_configmaps: bool = True,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpuburst:k8s:Workload", name, None, opts)
@@ -70,7 +71,8 @@ class Workload(pulumi.ComponentResource):
         # A separate monitoring namespace belongs to the monitoring stack and must already exist.
         cm_opts = in_namespace if monitoring == namespace else pulumi.ResourceOptions(parent=self)
         for obj in monitoring_configmaps(dashboards_dir, namespace=monitoring):
-            _resource(obj, opts=cm_opts)
+            if rule_configmaps or not RULES_LABEL.items() <= obj["metadata"]["labels"].items():
+                _resource(obj, opts=cm_opts)
         self.register_outputs({})
 
 
