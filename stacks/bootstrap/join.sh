@@ -17,6 +17,8 @@ readonly CRI_SOCKET=unix:///run/containerd/containerd.sock
 readonly KEYRING=/etc/apt/keyrings/kubernetes-apt-keyring.gpg
 readonly K8S_REPO="https://pkgs.k8s.io/core:/stable:/v${KUBERNETES_MINOR}/deb/"
 export DEBIAN_FRONTEND=noninteractive
+# Waits for the image's own apt runs at boot (unattended-upgrades) instead of failing on their lock.
+readonly APT=(apt-get -q -y -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5)
 
 log() { printf 'gpuburst-join: %s\n' "$*"; }
 fail() {
@@ -44,10 +46,10 @@ net.ipv4.ip_forward = 1
 SYSCTL
 sysctl --system >/dev/null
 
-apt-get update -q
-apt-get install -y -q apt-transport-https ca-certificates curl gpg
-command -v containerd >/dev/null || apt-get install -y -q containerd
-python3 -c 'import boto3' 2>/dev/null || apt-get install -y -q python3-boto3
+"${APT[@]}" update
+"${APT[@]}" install apt-transport-https ca-certificates curl gpg
+command -v containerd >/dev/null || "${APT[@]}" install containerd
+python3 -c 'import boto3' 2>/dev/null || "${APT[@]}" install python3-boto3
 
 # containerd with its CRI plugin on (Docker's package turns it off), systemd cgroups like the kubelet,
 # and the NVIDIA runtime as the default, so GPU pods need no RuntimeClass.
@@ -64,8 +66,8 @@ systemctl restart containerd
 install -d -m 0755 /etc/apt/keyrings
 curl -fsSL --retry 5 "${K8S_REPO}Release.key" | gpg --batch --yes --dearmor -o "${KEYRING}"
 printf 'deb [signed-by=%s] %s /\n' "${KEYRING}" "${K8S_REPO}" >/etc/apt/sources.list.d/kubernetes.list
-apt-get update -q
-apt-get install -y -q kubelet kubeadm kubectl
+"${APT[@]}" update
+"${APT[@]}" install kubelet kubeadm kubectl
 apt-mark hold kubelet kubeadm kubectl
 installed=$(kubeadm version -o short)
 [[ ${installed} == "v${KUBERNETES_MINOR}."* ]] || fail "kubeadm is ${installed}, not ${KUBERNETES_MINOR}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from stacks import config, mocks, pool
 from tests.stacks.conftest import JOIN_SECRET_ARN, POOL
+from tests.stacks.test_bootstrap import settings
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -73,7 +73,7 @@ def test_user_data_joins_with_the_contract_labels_and_taint(render_pool: Render)
     assert "userData" not in instance.secret_inputs  # it holds no secret: the node fetches the token
     assert script.startswith("#!/bin/bash\n")
     # What kubelet gets, as bash evaluates the script's settings.
-    shown = bootstrap_settings(script)
+    shown = settings(script)
     assert shown["NODE_NAME"] == "node-b"
     assert dict(label.split("=") for label in shown["NODE_LABELS"].split(",")) == {
         "gpuburst.io/pool": "aws-g5-spot",
@@ -83,19 +83,6 @@ def test_user_data_joins_with_the_contract_labels_and_taint(render_pool: Render)
     assert shown["NODE_TAINTS"] == "gpuburst.io/burst=true:NoSchedule"
     assert shown["KUBERNETES_MINOR"] == "1.33"
     assert shown["JOIN_SECRET_ARN"] == JOIN_SECRET_ARN
-
-
-def bootstrap_settings(script: str) -> dict[str, str]:
-    """The script's `readonly NAME=value` settings as bash reads them."""
-    settings = [line for line in script.splitlines() if line.startswith("readonly ")]
-    names = [line.removeprefix("readonly ").split("=", 1)[0] for line in settings]
-    printed = subprocess.run(
-        ["bash", "-c", "\n".join([*settings, *(f'printf "%s\\0" "${{{name}}}"' for name in names)])],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return dict(zip(names, printed.split("\0")[:-1], strict=True))
 
 
 def test_node_role_reads_exactly_the_join_secret(render_pool: Render) -> None:
