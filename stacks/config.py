@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import pulumi
 import pydantic
 
+from stacks import bootstrap
 from workloads.face_compare import manifests
 
 NAMESPACE = "gpuburst"
@@ -31,6 +32,9 @@ POOL_KEYS = (
     "vpcId",
     "subnetIds",
     "vpcCidr",
+    "joinSecretArn",
+    "kubernetesVersion",
+    "ami",
     "amiName",
     "amiOwners",
     "rootVolumeGb",
@@ -58,12 +62,12 @@ JSON_KEYS = {
     "pools": "list of pool names",
     "controller": "object",
 }
-JOIN_COMMAND_KEY = "joinCommand"
 
 # A DNS-1123 label: valid as a Kubernetes node name, a label value and part of a resource name.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _ID = re.compile(r"^[a-z]+-[0-9a-f]{8,17}$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/[\w+=,.@/-]+$")
 
 
@@ -104,6 +108,9 @@ class PoolConfig(_Model):
     vpc_id: str | None = pydantic.Field(None, alias="vpcId", pattern=_ID.pattern)
     subnet_ids: tuple[str, ...] = pydantic.Field((), alias="subnetIds")
     vpc_cidr: ipaddress.IPv4Network = pydantic.Field(ipaddress.IPv4Network("10.42.0.0/16"), alias="vpcCidr")
+    join_secret_arn: str = pydantic.Field(alias="joinSecretArn")
+    kubernetes_version: str = pydantic.Field(alias="kubernetesVersion")
+    ami: str | None = pydantic.Field(None, pattern=_AMI.pattern)
     ami_name: str = pydantic.Field(
         "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *", alias="amiName", min_length=1
     )
@@ -119,6 +126,16 @@ class PoolConfig(_Model):
         if not _INSTANCE_TYPE.match(value):
             raise ValueError(f"must be an EC2 instance type such as g5.xlarge, got {value!r}")
         return value
+
+    @pydantic.field_validator("join_secret_arn")
+    @classmethod
+    def _join_secret_arn(cls, value: str) -> str:
+        return bootstrap.check_secret_arn(value)
+
+    @pydantic.field_validator("kubernetes_version")
+    @classmethod
+    def _kubernetes_version(cls, value: str) -> str:
+        return bootstrap.check_kubernetes_minor(value)
 
     @pydantic.field_validator("nodes", mode="before")
     @classmethod
@@ -276,7 +293,17 @@ def parse_pool(raw: Mapping[str, str | None], *, stack: str) -> PoolConfig:
     values = _decode(raw, POOL_KEYS)
     values["pool"] = stack
     return _validate(
-        PoolConfig, values, required=("nodes", "instanceType", "market", "costCenter", "clusterCidrs")
+        PoolConfig,
+        values,
+        required=(
+            "nodes",
+            "instanceType",
+            "market",
+            "costCenter",
+            "clusterCidrs",
+            "joinSecretArn",
+            "kubernetesVersion",
+        ),
     )
 
 
@@ -288,14 +315,3 @@ def read(keys: tuple[str, ...]) -> dict[str, str | None]:
     """The plain (non-secret) values of `keys` from the current stack's config."""
     config = pulumi.Config(NAMESPACE)
     return {key: config.get(key) for key in keys}
-
-
-def read_join_command() -> pulumi.Output[str]:
-    """The cluster join command stays a secret Output from config to user-data to state."""
-    secret = pulumi.Config(NAMESPACE).get_secret(JOIN_COMMAND_KEY)
-    if secret is None:
-        raise ConfigError(
-            f"{_key(JOIN_COMMAND_KEY)} is required: pulumi config set --secret {_key(JOIN_COMMAND_KEY)} "
-            "'kubeadm join <api-server>:6443 --token ... --discovery-token-ca-cert-hash sha256:...'"
-        )
-    return secret

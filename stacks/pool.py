@@ -1,19 +1,20 @@
 """The cloud GPU pool: one EC2 instance per node name, joined to the private cluster as a burst node.
 
 Owns the node contract on the AWS side: logical names (`node-<name>`), tags, the kubelet labels and
-taint applied at join, and the `nodes` export the controller reads.
+taint applied at join (by the boot script of `stacks.bootstrap`), and the `nodes` export the controller
+reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from collections.abc import Sequence
 
 import pulumi
 import pulumi_aws as aws
 
+from stacks import bootstrap
 from stacks import config as stack_config
 
 MANAGED_BY = "gpuburst"
@@ -27,8 +28,8 @@ LABEL_NODE = "gpuburst.io/node"
 LABEL_PLACEMENT = "gpuburst.io/placement"
 BURST_TAINT = "gpuburst.io/burst=true:NoSchedule"
 
-# Applied at launch only: rotating the join command or publishing a new launch template version
-# must not stop or replace nodes that already run; the next node picks them up.
+# Applied at launch only: a new boot script or a new launch template version (a newer AMI) must not
+# stop or replace nodes that already run; the next node picks them up.
 NODE_IGNORE_CHANGES = ["launchTemplate", "userData"]
 
 
@@ -40,32 +41,17 @@ def node_labels(pool: str, node: str) -> dict[str, str]:
     return {LABEL_POOL: pool, LABEL_NODE: node, LABEL_PLACEMENT: "burst"}
 
 
-def render_user_data(*, pool: str, node: str, join_command: str) -> str:
-    """Boot script: name the host after the node, hand kubelet the labels and taint, then join.
+def node_user_data(cfg: stack_config.PoolConfig, node: str) -> str:
+    """The boot script of one node: installs the kubelet and joins with the pool's labels and taint.
 
-    The taint must be registered by kubelet itself (before the node is schedulable), which is why it
-    goes through KUBELET_EXTRA_ARGS rather than being patched on afterwards. The variables are
-    exported as well, for join commands other than kubeadm (`$NODE_NAME`, `$NODE_LABELS`, ...).
+    It carries no secret: the node reads the join token at boot from the pool's join secret.
     """
-    labels = ",".join(f"{key}={value}" for key, value in node_labels(pool, node).items())
-    extra_args = f"--node-labels={labels} --register-with-taints={BURST_TAINT}"
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            f"# gpuburst: burst node {node} of pool {pool}",
-            "set -euo pipefail",
-            f"export NODE_NAME={shlex.quote(node)}",
-            f"export NODE_LABELS={shlex.quote(labels)}",
-            f"export NODE_TAINTS={shlex.quote(BURST_TAINT)}",
-            f"export KUBELET_EXTRA_ARGS={shlex.quote(extra_args)}",
-            'hostnamectl set-hostname "$NODE_NAME"',
-            "# kubeadm's kubelet unit reads KUBELET_EXTRA_ARGS from here (Debian and RPM layouts).",
-            "mkdir -p /etc/default /etc/sysconfig",
-            'echo "KUBELET_EXTRA_ARGS=$KUBELET_EXTRA_ARGS" > /etc/default/kubelet',
-            "cp /etc/default/kubelet /etc/sysconfig/kubelet",
-            join_command,
-            "",
-        ]
+    return bootstrap.render(
+        node_name=node,
+        labels=node_labels(cfg.pool, node),
+        taints=[BURST_TAINT],
+        kubernetes_minor=cfg.kubernetes_version,
+        join_secret_arn=cfg.join_secret_arn,
     )
 
 
@@ -87,11 +73,6 @@ def market_options(cfg: stack_config.PoolConfig) -> aws.ec2.InstanceInstanceMark
     )
 
 
-def user_data(*, pool: str, node: str, join_command: pulumi.Output[str]) -> pulumi.Output[str]:
-    """The boot script as a secret Output, since it carries the join token."""
-    return join_command.apply(lambda join: render_user_data(pool=pool, node=node, join_command=join))
-
-
 class GpuPool(pulumi.ComponentResource):
     """Security group, node role, launch template and the instances of one pool."""
 
@@ -103,7 +84,6 @@ class GpuPool(pulumi.ComponentResource):
         self,
         cfg: stack_config.PoolConfig,
         *,
-        join_command: pulumi.Output[str],
         vpc_id: pulumi.Input[str],
         subnet_ids: Sequence[pulumi.Input[str]],
         opts: pulumi.ResourceOptions | None = None,
@@ -119,7 +99,6 @@ class GpuPool(pulumi.ComponentResource):
             tags=tags,
             launch_template=launch_template,
             security_group=security_group,
-            join_command=join_command,
             subnet_ids=subnet_ids,
         )
         # Keyed by node name; Output.all of nothing is a list, hence dict() for an empty pool.
@@ -182,7 +161,7 @@ class GpuPool(pulumi.ComponentResource):
         self, cfg: stack_config.PoolConfig, tags: dict[str, str], child: pulumi.ResourceOptions
     ) -> aws.iam.InstanceProfile:
         name = cfg.pool
-        # The node needs no AWS permissions to join a cluster; anything more is granted explicitly.
+        # The node may read its pool's join secret and nothing else; anything more is granted explicitly.
         role = aws.iam.Role(
             f"{name}-node",
             assume_role_policy=json.dumps(
@@ -201,6 +180,12 @@ class GpuPool(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        aws.iam.RolePolicy(
+            f"{name}-node-join-secret",
+            role=role.name,
+            policy=json.dumps(join_secret_policy(cfg.join_secret_arn)),
+            opts=child,
+        )
         for arn in cfg.node_policy_arns:
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-{arn.rsplit('/', 1)[-1]}", role=role.name, policy_arn=arn, opts=child
@@ -214,24 +199,10 @@ class GpuPool(pulumi.ComponentResource):
         profile: aws.iam.InstanceProfile,
         child: pulumi.ResourceOptions,
     ) -> aws.ec2.LaunchTemplate:
-        """The newest AMI of the configured name for the instance type's architecture, booted hardened."""
+        """The pool's GPU image, booted hardened: `gpuburst:ami` if given, else the newest image of the
+        configured name for the instance type's architecture."""
         name = cfg.pool
-        instance_type = aws.ec2.get_instance_type_output(
-            instance_type=cfg.instance_type, opts=pulumi.InvokeOptions(parent=self)
-        )
-        ami = aws.ec2.get_ami_output(
-            owners=list(cfg.ami_owners),
-            most_recent=True,
-            filters=instance_type.supported_architectures.apply(
-                lambda architectures: [
-                    aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name]),
-                    aws.ec2.GetAmiFilterArgs(name="architecture", values=architectures),
-                    aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-                    aws.ec2.GetAmiFilterArgs(name="root-device-type", values=["ebs"]),
-                ]
-            ),
-            opts=pulumi.InvokeOptions(parent=self),
-        )
+        ami = self._image(cfg)
         # Hop limit 1 keeps pods (one hop further away) from reading the node role's credentials.
         return aws.ec2.LaunchTemplate(
             f"{name}-nodes",
@@ -262,6 +233,29 @@ class GpuPool(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _image(self, cfg: stack_config.PoolConfig) -> pulumi.Output[aws.ec2.GetAmiResult]:
+        """An explicit AMI is only described (for its root device name); otherwise the name filter picks
+        the newest image that the instance type can boot."""
+        invoke = pulumi.InvokeOptions(parent=self)
+        if cfg.ami is not None:
+            return aws.ec2.get_ami_output(
+                filters=[aws.ec2.GetAmiFilterArgs(name="image-id", values=[cfg.ami])], opts=invoke
+            )
+        instance_type = aws.ec2.get_instance_type_output(instance_type=cfg.instance_type, opts=invoke)
+        return aws.ec2.get_ami_output(
+            owners=list(cfg.ami_owners),
+            most_recent=True,
+            filters=instance_type.supported_architectures.apply(
+                lambda architectures: [
+                    aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name]),
+                    aws.ec2.GetAmiFilterArgs(name="architecture", values=architectures),
+                    aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
+                    aws.ec2.GetAmiFilterArgs(name="root-device-type", values=["ebs"]),
+                ]
+            ),
+            opts=invoke,
+        )
+
     def _instances(
         self,
         *,
@@ -269,7 +263,6 @@ class GpuPool(pulumi.ComponentResource):
         tags: dict[str, str],
         launch_template: aws.ec2.LaunchTemplate,
         security_group: aws.ec2.SecurityGroup,
-        join_command: pulumi.Output[str],
         subnet_ids: Sequence[pulumi.Input[str]],
     ) -> dict[str, aws.ec2.Instance]:
         """One instance per node name, each carrying its own metadata and disk guarantees."""
@@ -295,13 +288,21 @@ class GpuPool(pulumi.ComponentResource):
                 ),
                 instance_market_options=market_options(cfg),
                 instance_initiated_shutdown_behavior="terminate",
-                user_data=user_data(pool=name, node=node, join_command=join_command),
+                user_data=node_user_data(cfg, node),
                 tags={**tags, TAG_NODE: node, "Name": f"{name}-{node}"},
                 volume_tags={**tags, TAG_NODE: node},
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=NODE_IGNORE_CHANGES),
             )
             for node in cfg.nodes
         }
+
+
+def join_secret_policy(secret_arn: str) -> dict[str, object]:
+    """Read access to exactly one secret: the pool's join secret, named by its full ARN."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secret_arn}],
+    }
 
 
 def _node_record(instance: aws.ec2.Instance) -> pulumi.Output[dict[str, str]]:

@@ -31,7 +31,6 @@ def main() -> None:
 
 def pool_stack() -> dict[str, Any]:
     cfg = stack_config.parse_pool(stack_config.read(stack_config.POOL_KEYS), stack=pulumi.get_stack())
-    join_command = stack_config.read_join_command()
     tags = pool.pool_tags(cfg)
     net = network.PoolNetwork(cfg.pool, cfg, tags=tags)
     outputs: dict[str, Any] = {}
@@ -45,7 +44,7 @@ def pool_stack() -> dict[str, Any]:
             tags=tags,
         )
         outputs["vpnTunnelAddresses"] = vpn.tunnel_addresses
-    gpus = pool.GpuPool(cfg, join_command=join_command, vpc_id=net.vpc_id, subnet_ids=net.subnet_ids)
+    gpus = pool.GpuPool(cfg, vpc_id=net.vpc_id, subnet_ids=net.subnet_ids)
     return {
         "nodes": gpus.nodes,
         "vpcId": net.vpc_id,

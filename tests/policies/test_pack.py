@@ -14,13 +14,12 @@ from policies.guardrails import pack, rules
 from stacks import mocks, program
 
 REPO = Path(__file__).resolve().parents[2]
-JOIN = {"gpuburst:joinCommand": "kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef"}
 
 Runner = Callable[..., list[tuple[str, str, str | None]]]
 
 
 def render_example(name: str, **overrides: str) -> mocks.Rendering:
-    cfg, secret_keys = mocks.stack_file_config(REPO / f"Pulumi.{name}.yaml", secrets=JOIN)
+    cfg, secret_keys = mocks.stack_file_config(REPO / f"Pulumi.{name}.yaml", secrets={})
     cfg.update({f"gpuburst:{key}": value for key, value in overrides.items()})
     return mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack=name)
 

@@ -8,10 +8,7 @@ import pytest
 
 from stacks import mocks, program
 
-JOIN = (
-    "kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:"
-    + "0" * 64
-)
+JOIN_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gpuburst/join-AbC123"
 POOL = {
     "gpuburst:kind": "pool",
     "gpuburst:nodes": '["node-a", "node-b", "node-c"]',
@@ -20,13 +17,9 @@ POOL = {
     "gpuburst:spotMaxPrice": "0.9",
     "gpuburst:costCenter": "ml-inference",
     "gpuburst:clusterCidrs": '["10.0.0.0/16", "10.244.0.0/16"]',
-    "gpuburst:joinCommand": JOIN,
+    "gpuburst:joinSecretArn": JOIN_SECRET_ARN,
+    "gpuburst:kubernetesVersion": "1.33",
 }
-
-
-@pytest.fixture
-def join_command() -> str:
-    return JOIN
 
 
 @pytest.fixture
@@ -38,8 +31,6 @@ def render_pool() -> Callable[..., mocks.Rendering]:
     ) -> mocks.Rendering:
         config = {**POOL, **{f"gpuburst:{key}": value for key, value in overrides.items()}}
         config = {key: value for key, value in config.items() if value is not None}
-        return mocks.render(
-            program.main, config=config, secret_keys=["gpuburst:joinCommand"], stack=stack, calls=calls
-        )
+        return mocks.render(program.main, config=config, stack=stack, calls=calls)
 
     return render

@@ -12,7 +12,7 @@ from stacks import config, mocks, program
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(REPO.glob("Pulumi.*.yaml"))
-KNOWN_KEYS = {"kind", config.JOIN_COMMAND_KEY, *config.POOL_KEYS, *config.PRIVATE_CLUSTER_KEYS}
+KNOWN_KEYS = {"kind", *config.POOL_KEYS, *config.PRIVATE_CLUSTER_KEYS}
 
 
 def test_project_file() -> None:
@@ -47,12 +47,10 @@ def test_every_key_is_known_and_documented(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_secrets_are_placeholders_only(path: Path) -> None:
+def test_no_secret_in_the_stack_files(path: Path) -> None:
+    """Nodes read the join token at boot; the stack's config and state never hold it."""
     for key, value in yaml.safe_load(path.read_text())["config"].items():
-        if key.endswith(f":{config.JOIN_COMMAND_KEY}"):
-            assert value == {"secure": "REPLACE-WITH-pulumi-config-set--secret-gpuburst-joinCommand"}
-        else:
-            assert not isinstance(value, dict) or "secure" not in value, key
+        assert not isinstance(value, dict) or "secure" not in value, key
 
 
 @pytest.mark.parametrize("uncomment", [False, True], ids=["as-is", "optional-keys-uncommented"])
@@ -64,7 +62,7 @@ def test_examples_render(path: Path, uncomment: bool, tmp_path: Path) -> None:
         path = tmp_path / path.name
         path.write_text(text)
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    cfg, secret_keys = mocks.stack_file_config(path, secrets={"gpuburst:joinCommand": "kubeadm join x"})
+    cfg, secret_keys = mocks.stack_file_config(path, secrets={})
 
     rendering = mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack=stack)
 
@@ -87,7 +85,7 @@ PAID = (
 def test_examples_launch_nothing_paid_until_edited(path: Path) -> None:
     """A copied example must not start billing: no nodes, no NAT gateway, no VPN until a person asks."""
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    cfg, secret_keys = mocks.stack_file_config(path, secrets={"gpuburst:joinCommand": "kubeadm join x"})
+    cfg, secret_keys = mocks.stack_file_config(path, secrets={})
 
     rendering = mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack=stack)
 
@@ -103,7 +101,7 @@ def test_the_spot_example_documents_the_paid_options(tmp_path: Path) -> None:
     text = text.replace("gpuburst:nodes: []", "gpuburst:nodes: [aws-g5-spot-1]")
     path = tmp_path / "Pulumi.aws-g5-spot.yaml"
     path.write_text(text)
-    cfg, secret_keys = mocks.stack_file_config(path, secrets={"gpuburst:joinCommand": "kubeadm join x"})
+    cfg, secret_keys = mocks.stack_file_config(path, secrets={})
 
     rendering = mocks.render(program.main, config=cfg, secret_keys=secret_keys, stack="aws-g5-spot")
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from stacks import config, mocks, pool
+from tests.stacks.conftest import JOIN_SECRET_ARN, POOL
+from tests.stacks.test_bootstrap import settings
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -63,30 +63,40 @@ def test_on_demand_pool_has_no_market_options(render_pool: Render) -> None:
         assert instance.inputs["tags"]["gpuburst.io/pool"] == "aws-g5-ondemand"
 
 
-def test_user_data_joins_with_the_contract_labels_and_taint(render_pool: Render, join_command: str) -> None:
+def test_user_data_joins_with_the_contract_labels_and_taint(render_pool: Render) -> None:
     instance = render_pool().get(INSTANCE, "node-node-b")
     script = instance.inputs["userData"]
 
-    assert "userData" in instance.secret_inputs  # it carries the join token
+    assert script == pool.node_user_data(
+        config.parse_pool({k.split(":")[1]: v for k, v in POOL.items()}, stack="aws-g5-spot"), "node-b"
+    )
+    assert "userData" not in instance.secret_inputs  # it holds no secret: the node fetches the token
     assert script.startswith("#!/bin/bash\n")
-    assert script.rstrip().endswith(join_command)
-    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
-    # What kubelet gets, as bash evaluates the script's assignments.
-    exports = "\n".join(line for line in script.splitlines() if line.startswith("export "))
-    shown = subprocess.run(
-        ["bash", "-c", exports + '\nprintf "%s\\n" "$NODE_NAME" "$KUBELET_EXTRA_ARGS"'],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert shown[0] == "node-b"
-    args = dict(arg.removeprefix("--").split("=", 1) for arg in shlex.split(shown[1]))
-    assert dict(label.split("=") for label in args["node-labels"].split(",")) == {
+    # What kubelet gets, as bash evaluates the script's settings.
+    shown = settings(script)
+    assert shown["NODE_NAME"] == "node-b"
+    assert dict(label.split("=") for label in shown["NODE_LABELS"].split(",")) == {
         "gpuburst.io/pool": "aws-g5-spot",
         "gpuburst.io/node": "node-b",
         "gpuburst.io/placement": "burst",
     }
-    assert args["register-with-taints"] == "gpuburst.io/burst=true:NoSchedule"
+    assert shown["NODE_TAINTS"] == "gpuburst.io/burst=true:NoSchedule"
+    assert shown["KUBERNETES_MINOR"] == "1.33"
+    assert shown["JOIN_SECRET_ARN"] == JOIN_SECRET_ARN
+
+
+def test_node_role_reads_exactly_the_join_secret(render_pool: Render) -> None:
+    rendering = render_pool()
+
+    [policy] = rendering.of_type("aws:iam/rolePolicy:RolePolicy")
+    [role] = rendering.of_type("aws:iam/role:Role")
+    assert policy.inputs["role"] == role.name
+    assert json.loads(policy.inputs["policy"]) == {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": JOIN_SECRET_ARN}
+        ],
+    }
 
 
 def test_removing_a_name_removes_exactly_that_instance(render_pool: Render) -> None:
@@ -196,13 +206,58 @@ def test_security_group_admits_only_the_cluster(render_pool: Render) -> None:
     assert sorted((rule["protocol"], rule["fromPort"]) for rule in open_egress) == [("tcp", 80), ("tcp", 443)]
 
 
+def test_explicit_ami_skips_the_lookup_by_name(render_pool: Render) -> None:
+    ami_requests: list[dict[str, Any]] = []
+    type_requests: list[dict[str, Any]] = []
+
+    def get_ami(args: Any) -> dict[str, Any]:
+        ami_requests.append(dict(args))
+        return {"id": "ami-0aaaabbbbccccdddd", "rootDeviceName": "/dev/sda1"}
+
+    def get_instance_type(args: Any) -> dict[str, Any]:
+        type_requests.append(dict(args))
+        return {"instanceType": args["instanceType"], "supportedArchitectures": ["x86_64"]}
+
+    rendering = render_pool(
+        calls={
+            "aws:ec2/getAmi:getAmi": get_ami,
+            "aws:ec2/getInstanceType:getInstanceType": get_instance_type,
+        },
+        ami="ami-0aaaabbbbccccdddd",
+    )
+
+    # Described by id only, for its root device: no name filter, no owner, no "most recent".
+    [request] = ami_requests
+    assert request["filters"] == [{"name": "image-id", "values": ["ami-0aaaabbbbccccdddd"]}]
+    assert "owners" not in request and "mostRecent" not in request
+    assert type_requests == []
+    [template] = rendering.of_type(LAUNCH_TEMPLATE)
+    assert template.inputs["imageId"] == "ami-0aaaabbbbccccdddd"
+    assert template.inputs["blockDeviceMappings"][0]["deviceName"] == "/dev/sda1"
+
+
+def test_default_ami_is_the_gpu_base_image_with_driver_and_toolkit(render_pool: Render) -> None:
+    ami_requests: list[dict[str, Any]] = []
+
+    def get_ami(args: Any) -> dict[str, Any]:
+        ami_requests.append(dict(args))
+        return {"id": "ami-0fedcba9876543210", "rootDeviceName": "/dev/sda1"}
+
+    render_pool(calls={"aws:ec2/getAmi:getAmi": get_ami})
+
+    [request] = ami_requests
+    filters = {f["name"]: f["values"] for f in request["filters"]}
+    assert filters["name"] == ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"]
+    assert request["owners"] == ["amazon"] and request["mostRecent"] is True
+
+
 def test_node_role_has_no_permissions_unless_granted(render_pool: Render) -> None:
     attachment = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
     rendering = render_pool()
     [role] = rendering.of_type("aws:iam/role:Role")
     trust = json.loads(role.inputs["assumeRolePolicy"])
     assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
-    assert rendering.of_type(attachment) == []
+    assert rendering.of_type(attachment) == []  # only the join secret (tested above)
 
     ssm = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
     granted = render_pool(nodePolicyArns=json.dumps([ssm])).of_type(attachment)
@@ -292,7 +347,20 @@ def test_vpn_from_config_routes_the_cluster_cidrs(render_pool: Render) -> None:
             {"vpn": '{"customerGatewayIp": "203.0.113.1", "psk": "x"}'},
             "gpuburst:vpn.psk: Extra inputs are not permitted",
         ),
-        ({"joinCommand": None}, "gpuburst:joinCommand is required: pulumi config set --secret"),
+        ({"joinSecretArn": None}, "gpuburst:joinSecretArn is required"),
+        (
+            {"joinSecretArn": "gpuburst/join"},
+            "gpuburst:joinSecretArn must be the full ARN of a Secrets Manager",
+        ),
+        (
+            {"joinSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x';reboot;'"},
+            "gpuburst:joinSecretArn must be the full ARN",
+        ),
+        ({"kubernetesVersion": None}, "gpuburst:kubernetesVersion is required"),
+        ({"kubernetesVersion": "1.3"}, "gpuburst:kubernetesVersion must be a Kubernetes minor version"),
+        ({"kubernetesVersion": "1.33.2"}, "gpuburst:kubernetesVersion must be a Kubernetes minor version"),
+        ({"kubernetesVersion": "1.27"}, "gpuburst:kubernetesVersion must be a Kubernetes minor version 1.28"),
+        ({"ami": "ubuntu-22.04"}, "gpuburst:ami: String should match pattern"),
     ],
 )
 def test_invalid_config_fails_naming_the_key(
