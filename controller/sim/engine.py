@@ -91,8 +91,9 @@ def run(
     gpus = 0
     capacity = 0.0
     dirty = True
-    report_every = max(1, n // 200)
-    for t in range(n):
+    report_every = max(1, n // 200) if progress is not None else n
+    t = 0
+    while t < n:
         clock.t = float(t)
         changed = False
         if next_event is not None and next_event <= t:
@@ -108,12 +109,23 @@ def run(
             gpus = contender.serving_gpus()
             capacity = gpus * gpu_rps
             dirty = False
-        ready[t] = gpus
-        step(arrivals[t], capacity)
-        if track:
-            conc.append(q.last_concurrency)
         if progress is not None and t % report_every == 0:
             progress(t)
+        # Up to the next second where anything but the queue happens, only the queue steps.
+        stop = min(n, t - t % scrape + scrape, t - t % report_every + report_every)
+        for due in (contender.next_wake, next_event):
+            if due is not None and due < stop:
+                stop = max(t + 1, math.ceil(due))
+        ready[t:stop] = [gpus] * (stop - t)
+        if track:
+            for a in arrivals[t:stop]:
+                step(a, capacity)
+                conc.append(q.last_concurrency)
+        else:
+            for a in arrivals[t:stop]:
+                step(a, capacity)
+        t = stop
+    clock.t = float(max(0, n - 1))
     if progress is not None:
         progress(n)
     instances = list(infra.gone) + list(infra.instances.values())
