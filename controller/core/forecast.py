@@ -245,24 +245,32 @@ def _median(values: Sequence[float]) -> float:
     return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    """(value at the newest point, slope) of the least-squares line; None below three points."""
+def _lines(
+    points: Sequence[tuple[float, float]], eps: float
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(value at the newest point, slope) of the least-squares lines through the points and through
+    `log(value + eps)`, in one pass (the trend and growth forecasters); None below three points."""
     n = len(points)
     if n < 3:
         return None
     t_last = points[-1][0]
-    sx = sy = sxx = sxy = 0.0
+    log = math.log
+    sx = sy = sxx = sxy = sl = sxl = 0.0
     for t, y in points:
         x = t - t_last
+        v = log(y + eps)
         sx += x
         sy += y
         sxx += x * x
         sxy += x * y
+        sl += v
+        sxl += x * v
     cxx = sxx - sx * sx / n
     if cxx <= 0:
         return None
     slope = (sxy - sx * sy / n) / cxx
-    return (sy - slope * sx) / n, slope
+    log_slope = (sxl - sx * sl / n) / cxx
+    return ((sy - slope * sx) / n, slope), ((sl - log_slope * sx) / n, log_slope)
 
 
 MAX_GROWTH = math.log(8.0)
@@ -276,10 +284,9 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
     level_from = bisect.bisect_left(m.samples, at - settings.level_window_s, key=_time)
     level = _median([v for _, v in m.samples[level_from:]])
     base = _median([v for _, v in m.samples])
-    line = _line(recent)
-    trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
     eps = settings.floor_rps
-    logs = _line([(t, math.log(v + eps)) for t, v in recent])
+    line, logs = _lines(recent, eps) or (None, None)
+    trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
     growth = (
         max(0.0, math.exp(logs[0] + min(MAX_GROWTH, max(-MAX_GROWTH, logs[1] * horizon_s))) - eps)
         if logs is not None
