@@ -73,8 +73,7 @@ class Errors:
     origin: float | None = None
 
 
-def _clamp(error: float) -> float:
-    return min(ERROR_LOW + ERROR_BINS * ERROR_BIN, max(ERROR_LOW, error))
+ERROR_HIGH = ERROR_LOW + ERROR_BINS * ERROR_BIN
 
 
 def record(e: Errors, t: float, error: float, *, block: float | None, half_life_s: float) -> Errors:
@@ -89,10 +88,10 @@ def record(e: Errors, t: float, error: float, *, block: float | None, half_life_
         origin, exponent = t, 0.0
     w = 2.0**exponent
     if block is not None:
-        i = min(ERROR_BINS - 1, int((_clamp(block) - ERROR_LOW) / ERROR_BIN))
+        i = min(ERROR_BINS - 1, int((min(ERROR_HIGH, max(ERROR_LOW, block)) - ERROR_LOW) / ERROR_BIN))
         weights = (*weights[:i], weights[i] + w, *weights[i + 1 :])
         total += w
-    return Errors(weights, total, ticks + w, total_sum + w * _clamp(error), origin)
+    return Errors(weights, total, ticks + w, total_sum + w * min(ERROR_HIGH, max(ERROR_LOW, error)), origin)
 
 
 def count(e: Errors, t: float, *, half_life_s: float) -> float:
@@ -113,7 +112,7 @@ def quantile(e: Errors, q: float) -> float:
     while i < ERROR_BINS and e.weights[i] <= 0:  # an empty bin holds no quantile
         i += 1
     if i >= ERROR_BINS:
-        return ERROR_LOW + ERROR_BINS * ERROR_BIN
+        return ERROR_HIGH
     below = cumulative[i] - e.weights[i]
     return ERROR_LOW + (i + (need - below) / e.weights[i]) * ERROR_BIN
 
@@ -341,20 +340,19 @@ def _score(
     errors = m.errors or tuple(Errors() for _ in range(REGIMES * len(SOURCES)))
     blocks = m.blocks or tuple((math.nan, math.nan) for _ in range(REGIMES * len(SOURCES)))
     _, predicted, regime = due
-    eps = settings.floor_rps
-    lo, hi = regime * len(SOURCES), (regime + 1) * len(SOURCES)
-    out_e, out_b = list(errors[:lo]), list(blocks[:lo])
-    for e, block, p in zip(errors[lo:hi], blocks[lo:hi], predicted, strict=True):
-        if math.isnan(p):
-            out_e.append(e)
-            out_b.append(block)
+    eps, half_life_s = settings.floor_rps, settings.half_life_s
+    isnan, log = math.isnan, math.log  # locals: this loop runs every tick per forecaster
+    block_now = at // block_s
+    out_e, out_b = list(errors), list(blocks)
+    for k, p in enumerate(predicted, regime * len(SOURCES)):
+        if isnan(p):
             continue
-        error = seen - math.log(p + eps)
-        start, top = block
-        closed = not math.isnan(start) and at // block_s != start // block_s
-        out_e.append(record(e, at, error, block=top if closed else None, half_life_s=settings.half_life_s))
-        out_b.append((at, error) if closed or math.isnan(start) else (start, max(top, error)))
-    return (*out_e, *errors[hi:]), (*out_b, *blocks[hi:])
+        error = seen - log(p + eps)
+        start, top = blocks[k]
+        closed = not isnan(start) and block_now != start // block_s
+        out_e[k] = record(errors[k], at, error, block=top if closed else None, half_life_s=half_life_s)
+        out_b[k] = (at, error) if closed or isnan(start) else (start, max(top, error))
+    return tuple(out_e), tuple(out_b)
 
 
 def remember(
