@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from controller.ports import fakes
-from controller.sim import scenario, world
+from controller.sim import queue, scenario, world
 
 
 class Contender(Protocol):
@@ -79,7 +79,6 @@ def run(
     arrivals = sc.arrivals.tolist()
     ready = [0] * n
     q = w.queue
-    step = q.step
     infra = w.infra
     clock = w.clock
     view = w.view
@@ -113,17 +112,9 @@ def run(
             progress(t)
         # Up to the next second where anything but the queue happens, only the queue steps.
         stop = min(n, t - t % scrape + scrape, t - t % report_every + report_every)
-        for due in (contender.next_wake, next_event):
-            if due is not None and due < stop:
-                stop = max(t + 1, math.ceil(due))
+        stop = _next_due(t, stop, contender.next_wake, next_event)
         ready[t:stop] = [gpus] * (stop - t)
-        if track:
-            for a in arrivals[t:stop]:
-                step(a, capacity)
-                conc.append(q.last_concurrency)
-        else:
-            for a in arrivals[t:stop]:
-                step(a, capacity)
+        _steady(q, arrivals[t:stop], capacity, conc if track else None)
         t = stop
     clock.t = float(max(0, n - 1))
     if progress is not None:
@@ -152,6 +143,26 @@ def run(
         interruptions=sum(1 for i in instances if i.ended == "interrupted"),
         max_burst_nodes=bill.max_alive,
     )
+
+
+def _next_due(t: int, stop: int, *dues: float | None) -> int:
+    """The first second after t and before `stop` at which one of `dues` has come, else `stop`."""
+    for due in dues:
+        if due is not None and due < stop:
+            stop = max(t + 1, math.ceil(due))
+    return stop
+
+
+def _steady(q: queue.FluidQueue, arrivals: list[float], capacity: float, conc: list[float] | None) -> None:
+    """Seconds in which only the queue moves, at one capacity."""
+    step = q.step
+    if conc is None:
+        for a in arrivals:
+            step(a, capacity)
+    else:
+        for a in arrivals:
+            step(a, capacity)
+            conc.append(q.last_concurrency)
 
 
 @dataclass
