@@ -73,8 +73,7 @@ class Errors:
     origin: float | None = None
 
 
-def _clamp(error: float) -> float:
-    return min(ERROR_LOW + ERROR_BINS * ERROR_BIN, max(ERROR_LOW, error))
+ERROR_HIGH = ERROR_LOW + ERROR_BINS * ERROR_BIN
 
 
 def record(e: Errors, t: float, error: float, *, block: float | None, half_life_s: float) -> Errors:
@@ -89,10 +88,10 @@ def record(e: Errors, t: float, error: float, *, block: float | None, half_life_
         origin, exponent = t, 0.0
     w = 2.0**exponent
     if block is not None:
-        i = min(ERROR_BINS - 1, int((_clamp(block) - ERROR_LOW) / ERROR_BIN))
+        i = min(ERROR_BINS - 1, int((min(ERROR_HIGH, max(ERROR_LOW, block)) - ERROR_LOW) / ERROR_BIN))
         weights = (*weights[:i], weights[i] + w, *weights[i + 1 :])
         total += w
-    return Errors(weights, total, ticks + w, total_sum + w * _clamp(error), origin)
+    return Errors(weights, total, ticks + w, total_sum + w * min(ERROR_HIGH, max(ERROR_LOW, error)), origin)
 
 
 def count(e: Errors, t: float, *, half_life_s: float) -> float:
@@ -113,7 +112,7 @@ def quantile(e: Errors, q: float) -> float:
     while i < ERROR_BINS and e.weights[i] <= 0:  # an empty bin holds no quantile
         i += 1
     if i >= ERROR_BINS:
-        return ERROR_LOW + ERROR_BINS * ERROR_BIN
+        return ERROR_HIGH
     below = cumulative[i] - e.weights[i]
     return ERROR_LOW + (i + (need - below) / e.weights[i]) * ERROR_BIN
 
@@ -245,24 +244,32 @@ def _median(values: Sequence[float]) -> float:
     return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    """(value at the newest point, slope) of the least-squares line; None below three points."""
+def _lines(
+    points: Sequence[tuple[float, float]], eps: float
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(value at the newest point, slope) of the least-squares lines through the points and through
+    `log(value + eps)`, in one pass (the trend and growth forecasters); None below three points."""
     n = len(points)
     if n < 3:
         return None
     t_last = points[-1][0]
-    sx = sy = sxx = sxy = 0.0
+    log = math.log
+    sx = sy = sxx = sxy = sl = sxl = 0.0
     for t, y in points:
         x = t - t_last
+        v = log(y + eps)
         sx += x
         sy += y
         sxx += x * x
         sxy += x * y
+        sl += v
+        sxl += x * v
     cxx = sxx - sx * sx / n
     if cxx <= 0:
         return None
     slope = (sxy - sx * sy / n) / cxx
-    return (sy - slope * sx) / n, slope
+    log_slope = (sxl - sx * sl / n) / cxx
+    return ((sy - slope * sx) / n, slope), ((sl - log_slope * sx) / n, log_slope)
 
 
 MAX_GROWTH = math.log(8.0)
@@ -276,10 +283,9 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
     level_from = bisect.bisect_left(m.samples, at - settings.level_window_s, key=_time)
     level = _median([v for _, v in m.samples[level_from:]])
     base = _median([v for _, v in m.samples])
-    line = _line(recent)
-    trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
     eps = settings.floor_rps
-    logs = _line([(t, math.log(v + eps)) for t, v in recent])
+    line, logs = _lines(recent, eps) or (None, None)
+    trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
     growth = (
         max(0.0, math.exp(logs[0] + min(MAX_GROWTH, max(-MAX_GROWTH, logs[1] * horizon_s))) - eps)
         if logs is not None
@@ -334,20 +340,19 @@ def _score(
     errors = m.errors or tuple(Errors() for _ in range(REGIMES * len(SOURCES)))
     blocks = m.blocks or tuple((math.nan, math.nan) for _ in range(REGIMES * len(SOURCES)))
     _, predicted, regime = due
-    eps = settings.floor_rps
-    lo, hi = regime * len(SOURCES), (regime + 1) * len(SOURCES)
-    out_e, out_b = list(errors[:lo]), list(blocks[:lo])
-    for e, block, p in zip(errors[lo:hi], blocks[lo:hi], predicted, strict=True):
-        if math.isnan(p):
-            out_e.append(e)
-            out_b.append(block)
+    eps, half_life_s = settings.floor_rps, settings.half_life_s
+    isnan, log = math.isnan, math.log  # locals: this loop runs every tick per forecaster
+    block_now = at // block_s
+    out_e, out_b = list(errors), list(blocks)
+    for k, p in enumerate(predicted, regime * len(SOURCES)):
+        if isnan(p):
             continue
-        error = seen - math.log(p + eps)
-        start, top = block
-        closed = not math.isnan(start) and at // block_s != start // block_s
-        out_e.append(record(e, at, error, block=top if closed else None, half_life_s=settings.half_life_s))
-        out_b.append((at, error) if closed or math.isnan(start) else (start, max(top, error)))
-    return (*out_e, *errors[hi:]), (*out_b, *blocks[hi:])
+        error = seen - log(p + eps)
+        start, top = blocks[k]
+        closed = not isnan(start) and block_now != start // block_s
+        out_e[k] = record(errors[k], at, error, block=top if closed else None, half_life_s=half_life_s)
+        out_b[k] = (at, error) if closed or isnan(start) else (start, max(top, error))
+    return tuple(out_e), tuple(out_b)
 
 
 def remember(

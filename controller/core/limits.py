@@ -70,8 +70,7 @@ def enforce(
                 f"budget binds: {cost:.2f} of {budget_usd_per_hour:.2f} USD/h "
                 f"({leaving_cost:.2f} on nodes already leaving)"
             )
-    order = list(model.Cause)
-    cause = min(causes, key=order.index) if causes else None
+    cause = min(causes, key=list(model.Cause).index) if causes else None
     return Limited(target=out, reasons=tuple(reasons), budget_binding=binding, cause=cause)
 
 

@@ -43,4 +43,4 @@ def hold(
     the history to carry, on the seen clock."""
     start = bisect.bisect_right(history, clock.seen_s - keep_s, key=_first)
     history = (*history[start:], (clock.seen_s, wanted))
-    return max(g for _, g in history), history
+    return max([g for _, g in history]), history

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from controller.ports import fakes
-from controller.sim import scenario, world
+from controller.sim import queue, scenario, world
 
 
 class Contender(Protocol):
@@ -79,7 +79,6 @@ def run(
     arrivals = sc.arrivals.tolist()
     ready = [0] * n
     q = w.queue
-    step = q.step
     infra = w.infra
     clock = w.clock
     view = w.view
@@ -91,8 +90,9 @@ def run(
     gpus = 0
     capacity = 0.0
     dirty = True
-    report_every = max(1, n // 200)
-    for t in range(n):
+    report_every = max(1, n // 200) if progress is not None else n
+    t = 0
+    while t < n:
         clock.t = float(t)
         changed = False
         if next_event is not None and next_event <= t:
@@ -108,12 +108,15 @@ def run(
             gpus = contender.serving_gpus()
             capacity = gpus * gpu_rps
             dirty = False
-        ready[t] = gpus
-        step(arrivals[t], capacity)
-        if track:
-            conc.append(q.last_concurrency)
         if progress is not None and t % report_every == 0:
             progress(t)
+        # Up to the next second where anything but the queue happens, only the queue steps.
+        stop = min(n, t - t % scrape + scrape, t - t % report_every + report_every)
+        stop = _next_due(t, stop, contender.next_wake, next_event)
+        ready[t:stop] = [gpus] * (stop - t)
+        _steady(q, arrivals[t:stop], capacity, conc if track else None)
+        t = stop
+    clock.t = float(max(0, n - 1))
     if progress is not None:
         progress(n)
     instances = list(infra.gone) + list(infra.instances.values())
@@ -140,6 +143,26 @@ def run(
         interruptions=sum(1 for i in instances if i.ended == "interrupted"),
         max_burst_nodes=bill.max_alive,
     )
+
+
+def _next_due(t: int, stop: int, *dues: float | None) -> int:
+    """The first second after t and before `stop` at which one of `dues` has come, else `stop`."""
+    for due in dues:
+        if due is not None and due < stop:
+            stop = max(t + 1, math.ceil(due))
+    return stop
+
+
+def _steady(q: queue.FluidQueue, arrivals: list[float], capacity: float, conc: list[float] | None) -> None:
+    """Seconds in which only the queue moves, at one capacity."""
+    step = q.step
+    if conc is None:
+        for a in arrivals:
+            step(a, capacity)
+    else:
+        for a in arrivals:
+            step(a, capacity)
+            conc.append(q.last_concurrency)
 
 
 @dataclass

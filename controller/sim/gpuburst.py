@@ -1,10 +1,11 @@
 """The `gpuburst` contender in the simulator: the real Reconciler, ticking on the simulated clock, with
-the in-package fakes for its ports. What is simulated here is what runs live."""
+the in-package fakes for its cloud, cluster and store, and the simulated Prometheus as its metric
+source. What is simulated here is what runs live."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from controller.core import model, policy
 from controller.ports import fakes
@@ -32,7 +33,7 @@ class Gpuburst:
         self.reconciler = reconciler.Reconciler(
             reconciler.Setup((sc.workload,), sc.pool_specs, burst_policy),
             clock=w.clock,
-            metrics=fakes.FakeMetricSource(provider=self._metrics),
+            metrics=self,
             cluster=fakes.FakeCluster(w.infra),
             capacity=fakes.FakeCapacity(w.infra),
             store=fakes.MemoryStore(keep_intents=0),
@@ -40,7 +41,10 @@ class Gpuburst:
         self.next_wake = 0.0
         self.next_tick = 0.0
 
-    def _metrics(self, at: float) -> Mapping[str, model.WorkloadMetrics]:
+    def read(
+        self, workloads: Sequence[model.WorkloadSpec], *, at: float
+    ) -> Mapping[str, model.WorkloadMetrics]:
+        """The MetricSource port over the simulated Prometheus (the scenario has one workload)."""
         view = self.w.view
         rate = view.rate(at)
         if rate is None:

@@ -28,7 +28,10 @@ class FluidQueue:
         self.met = 0.0
         self.dropped = 0.0
         self.hist = np.zeros(math.ceil((service_s + timeout_s) / bin_s) + 2)
+        """Requests per latency bin; the service-time bin's own count lives in `_at_service`."""
         self._service_bin = int(service_s / bin_s)
+        self._at_service = 0.0
+        """The service-time bin, where every unqueued second lands: a float add, not a numpy item's."""
         self.last_concurrency = 0.0
         """Mean requests in the system during the last second (Knative's concurrency metric)."""
 
@@ -39,7 +42,7 @@ class FluidQueue:
         if q <= _EPS and arrivals <= capacity_rps:
             # Nothing waits: the common second, kept cheap.
             self.met += arrivals
-            self.hist[self._service_bin] += arrivals
+            self._at_service += arrivals
             self.backlog = 0.0
             self.last_concurrency = arrivals * self.service_s
             return
@@ -112,16 +115,22 @@ class FluidQueue:
         b0 = min(int(l0 / self.bin_s), len(self.hist) - 1)
         b1 = min(int(l1 / self.bin_s), len(self.hist) - 1)
         if b0 == b1:
-            self.hist[b0] += n
+            if b0 == self._service_bin:
+                self._at_service += n
+            else:
+                self.hist[b0] += n
         else:
             # Spread uniformly over the latency range, bin by bin.
             edges = np.clip(np.arange(b0, b1 + 2) * self.bin_s, l0, l1)
+            self.hist[self._service_bin] = self._at_service
             self.hist[b0 : b1 + 1] += n * np.diff(edges) / (l1 - l0)
+            self._at_service = float(self.hist[self._service_bin])
 
     def quantile(self, q: float) -> float:
         """Latency quantile in seconds (upper edge of its histogram bin); a dropped request counts as
         one that waited out the timeout."""
         hist = self.hist.copy()
+        hist[self._service_bin] = self._at_service
         hist[-1] += self.dropped
         total = hist.sum()
         if total <= 0:
