@@ -1,4 +1,5 @@
-"""The controller's image definition: lint-clean, non-root, Pulumi pinned to the lock, no workload extra.
+"""The controller's image definition: lint-clean, non-root, Pulumi pinned to the lock, the PostgreSQL driver
+and no workload extra.
 
 No Docker engine runs here, so the image is not built in the tests; these checks catch the drift that
 would otherwise show up only when the image is built or first runs in the cluster.
@@ -12,6 +13,7 @@ import sys
 import sysconfig
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,8 @@ PINNED = {
     "PULUMI_AWS_VERSION": "pulumi-aws",
     "PULUMI_KUBERNETES_VERSION": "pulumi-kubernetes",
 }
+EXTRAS = ("postgres",)
+"""The project's extras the image installs: the driver of the shared store, nothing else."""
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -70,18 +74,27 @@ def locked() -> dict[str, dict[str, object]]:
     return {package["name"]: package for package in lock["package"]}
 
 
-def base_closure() -> set[str]:
-    """Every locked package the project's base install (no extras) pulls in, markers ignored."""
+def closure(extras: tuple[str, ...] = ()) -> set[str]:
+    """Every locked package the project's base install with `extras` pulls in, the extras of the
+    dependencies followed too (psycopg[binary]), markers ignored."""
     packages = locked()
-    todo = [dep["name"] for dep in packages["gpuburst"]["dependencies"]]  # type: ignore[attr-defined]
+    project = packages["gpuburst"]
+    todo: list[dict[str, Any]] = list(project["dependencies"])  # type: ignore[arg-type]
+    for extra in extras:
+        todo += project["optional-dependencies"][extra]  # type: ignore[index]
     seen: set[str] = set()
+    followed: set[tuple[str, str]] = set()
     while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
+        dep = todo.pop()
+        name = dep["name"]
         package = packages[name]
-        todo.extend(dep["name"] for dep in package.get("dependencies", []))  # type: ignore[attr-defined]
+        for extra in dep.get("extra", []):
+            if (name, extra) not in followed:
+                followed.add((name, extra))
+                todo += package["optional-dependencies"][extra]  # type: ignore[index]
+        if name not in seen:
+            seen.add(name)
+            todo += package.get("dependencies", [])  # type: ignore[arg-type]
     return seen
 
 
@@ -130,21 +143,25 @@ def test_plugins_are_installed_at_the_pinned_versions_and_on_the_path() -> None:
     assert env_of(RUNTIME)["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] == "true"
 
 
-def test_the_python_environment_is_the_locked_base_install_without_onnxruntime() -> None:
+def test_the_python_environment_is_the_locked_base_install_and_the_postgres_extra_only() -> None:
     syncs = [rest for keyword, rest in STAGES["build"] if keyword == "RUN" and "uv sync" in rest]
-    assert syncs
+    assert len(syncs) == 2
     for command in syncs:
         assert "--frozen" in command
-        assert "--extra" not in command and "--all-extras" not in command, command
-    closure = base_closure()
-    assert {"pulumi", "pulumi-aws", "pulumi-kubernetes", "kubernetes", "fastapi"} <= closure
-    assert not {name for name in closure if name.startswith("onnx")}
-    assert "numpy" not in closure
+        assert re.findall(r"--(?:all-)?extras?(?:[ =](\S+))?", command) == list(EXTRAS), command
+        assert "--group" not in command and "--all-groups" not in command, command
+    image = closure(EXTRAS)
+    assert {"pulumi", "pulumi-aws", "pulumi-kubernetes", "kubernetes", "fastapi"} <= image
+    assert {"psycopg", "psycopg-binary", "sqlalchemy", "alembic"} <= image
+    assert not {name for name in image if name.startswith("onnx")}
+    assert "numpy" not in image
+    # The walk follows extras: the workload extra would bring what the image must not have.
+    assert {"onnx", "numpy"} <= closure(("workload",))
 
 
 def test_the_base_install_imports_everything_the_controller_and_its_stacks_need() -> None:
-    """Imports with every distribution outside the base install hidden: what the image would lack."""
-    allowed = sorted(base_closure())
+    """Imports with every distribution outside the image's install hidden: what the image would lack."""
+    allowed = sorted(closure(EXTRAS))
     script = f"""
 import importlib.abc, importlib.metadata, sys
 allowed = set({allowed!r}) | {{"gpuburst"}}
@@ -160,6 +177,8 @@ class Hide(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Hide())
 import controller.app.cli, controller.app.live, stacks.program, policies
+import psycopg
+assert psycopg.pq.__impl__ == "binary", psycopg.pq.__impl__  # its own libpq: the slim image has none
 """
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False
