@@ -69,7 +69,7 @@ def args_of(text: str) -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
 
 
-def locked() -> dict[str, dict[str, object]]:
+def locked() -> dict[str, dict[str, Any]]:
     lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
     return {package["name"]: package for package in lock["package"]}
 
@@ -79,9 +79,9 @@ def closure(extras: tuple[str, ...] = ()) -> set[str]:
     dependencies followed too (psycopg[binary]), markers ignored."""
     packages = locked()
     project = packages["gpuburst"]
-    todo: list[dict[str, Any]] = list(project["dependencies"])  # type: ignore[arg-type]
+    todo: list[dict[str, Any]] = list(project["dependencies"])
     for extra in extras:
-        todo += project["optional-dependencies"][extra]  # type: ignore[index]
+        todo += project["optional-dependencies"][extra]
     seen: set[str] = set()
     followed: set[tuple[str, str]] = set()
     while todo:
@@ -91,10 +91,10 @@ def closure(extras: tuple[str, ...] = ()) -> set[str]:
         for extra in dep.get("extra", []):
             if (name, extra) not in followed:
                 followed.add((name, extra))
-                todo += package["optional-dependencies"][extra]  # type: ignore[index]
+                todo += package["optional-dependencies"][extra]
         if name not in seen:
             seen.add(name)
-            todo += package.get("dependencies", [])  # type: ignore[arg-type]
+            todo += package.get("dependencies", [])
     return seen
 
 
