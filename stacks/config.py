@@ -195,8 +195,9 @@ class ControllerConfig(_Model):
     # Secrets a person creates (docs/deploy.md); the stack only names them.
     tokens_secret: str = pydantic.Field("gpuburst-api-tokens", alias="tokensSecret")
     credentials_secret: str = pydantic.Field("gpuburst-cloud-credentials", alias="credentialsSecret")
+    store_secret: str = pydantic.Field("gpuburst-store", alias="storeSecret")
 
-    @pydantic.field_validator("namespace", "tokens_secret", "credentials_secret")
+    @pydantic.field_validator("namespace", "tokens_secret", "credentials_secret", "store_secret")
     @classmethod
     def _names(cls, value: str) -> str:
         return _check_name(value, "name")

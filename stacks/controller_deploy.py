@@ -1,17 +1,19 @@
 """The controller on the private cluster: ServiceAccount, least-privilege RBAC, a two-replica Deployment
-with Lease leader election, its Service and PodDisruptionBudget, and (with the Prometheus Operator) a
-ServiceMonitor and a PrometheusRule from dashboards/.
+with Lease leader election on a PostgreSQL store both replicas share, its Service and PodDisruptionBudget,
+and (with the Prometheus Operator) a ServiceMonitor and a PrometheusRule from dashboards/.
 
 The RBAC rules below are the Kubernetes API calls of `controller.adapters.kube`, one rule per resource and
 scope; tests/stacks/test_controller_deploy.py derives the calls from the adapter's source and fails when
-the two differ. Secrets (API tokens, cloud and Pulumi credentials) are referenced by name and created by a
-person (docs/deploy.md), never by this stack.
+the two differ. Secrets (API tokens, cloud and Pulumi credentials, the store's password) are referenced by
+name and created by a person (docs/deploy.md), never by this stack.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,13 @@ UID = 10001
 CONFIG_DIR = "/etc/gpuburst"
 TOKENS_DIR = "/etc/gpuburst/tokens"
 TOKENS_KEY = "api-tokens.json"
+STORE_PASSWORD_KEY = "password"
+"""The key of the store Secret whose value becomes the variable `store.password_env` names."""
 WRITABLE = {"tmp": "/tmp", "state": "/var/lib/gpuburst", "pulumi-home": "/var/lib/pulumi"}
-"""emptyDir volumes over a read-only root filesystem: scratch and HOME, the store, PULUMI_HOME."""
+"""emptyDir volumes over a read-only root filesystem: scratch and HOME, the state directory (the
+directory of `store.path`, where the controller writes the pool stacks' node sets), PULUMI_HOME."""
+REPLICAS = 2
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NODE_EVENT_NAMESPACE = "default"
 """Where the controller records Events about Nodes (cluster-scoped objects), as the kubelet does."""
 RULES_FILE = Path("rules") / "gpuburst-rules.yaml"
@@ -105,9 +112,24 @@ def check_config_file(document: Any, cfg: ControllerConfig, *, workload_namespac
     lease = get("leader_election.lease_name")
     if lease not in (None, LEASE):
         raise ConfigError(f"{where}: leader_election.lease_name must be {LEASE!r} (its Role names it)")
+    # The state directory is the store path's, even when the store itself is PostgreSQL.
     store = str(get("store.path") or "")
     if not store.startswith(WRITABLE["state"] + "/"):
         raise ConfigError(f"{where}: store.path must be under {WRITABLE['state']} (the writable volume)")
+    url = get("store.url")
+    if not isinstance(url, str) or not url.startswith("postgresql"):
+        raise ConfigError(
+            f"{where}: store.url must be a postgresql:// URL: the {REPLICAS} replicas share the store "
+            f"(an SQLite file per replica is not shared state), got {url!r}"
+        )
+    if urllib.parse.urlsplit(url).password is not None:
+        raise ConfigError(f"{where}: store.url must not hold the password (the ConfigMap is plain text)")
+    password_env = get("store.password_env")
+    if not isinstance(password_env, str) or not _ENV_NAME.fullmatch(password_env):
+        raise ConfigError(
+            f"{where}: store.password_env must name the variable set from the Secret "
+            f"{cfg.store_secret!r} (key {STORE_PASSWORD_KEY!r}), got {password_env!r}"
+        )
 
 
 class Controller(pulumi.ComponentResource):
@@ -204,7 +226,7 @@ def objects(
     return out
 
 
-def container(cfg: ControllerConfig) -> Obj:
+def container(cfg: ControllerConfig, *, password_env: str) -> Obj:
     """The controller container: probes, resources, a locked-down security context, its mounts."""
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     return {
@@ -214,6 +236,15 @@ def container(cfg: ControllerConfig) -> Obj:
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # AWS_* for the pools' EC2 API, PULUMI_* for the stacks' backend (docs/deploy.md).
         "envFrom": [{"secretRef": {"name": cfg.credentials_secret, "optional": False}}],
+        # The store's password, by reference: never in the ConfigMap, Pulumi config or state.
+        "env": [
+            {
+                "name": password_env,
+                "valueFrom": {
+                    "secretKeyRef": {"name": cfg.store_secret, "key": STORE_PASSWORD_KEY, "optional": False}
+                },
+            }
+        ],
         # The pulumi CLI and its provider plugins run beside the controller: the memory is theirs.
         "resources": {
             "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -247,13 +278,15 @@ def container(cfg: ControllerConfig) -> Obj:
 
 
 def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
+    """The Deployment for a config file `check_config_file` accepted."""
     digest = hashlib.sha256(config_text.encode()).hexdigest()
+    password_env = yaml.safe_load(config_text)["store"]["password_env"]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(NAME, cfg.namespace),
         "spec": {
-            "replicas": 2,
+            "replicas": REPLICAS,
             "selector": {"matchLabels": LABELS},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
@@ -284,7 +317,7 @@ def deployment(cfg: ControllerConfig, *, config_text: str) -> Obj:
                             ]
                         }
                     },
-                    "containers": [container(cfg)],
+                    "containers": [container(cfg, password_env=password_env)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": NAME}},
                         {

@@ -1,6 +1,7 @@
 """The controller's deployment on the private cluster under Pulumi mocks: what the committed stack
-creates, RBAC that is exactly the kube adapter's API calls, the pod's security and probes, and the
-Prometheus Operator objects only when the stack says its CRDs exist."""
+creates, RBAC that is exactly the kube adapter's API calls, the pod's security and probes, the shared
+PostgreSQL store with its password from a Secret, and the Prometheus Operator objects only when the stack
+says its CRDs exist."""
 
 from __future__ import annotations
 
@@ -229,7 +230,8 @@ def test_the_probe_paths_are_the_api_routes() -> None:
 
 
 def test_every_path_the_image_writes_is_a_volume() -> None:
-    """Read-only root: HOME, PULUMI_HOME, /tmp and the store directory are emptyDirs."""
+    """Read-only root: HOME, PULUMI_HOME, /tmp and the state directory (the store path's, where the
+    pool stacks' node sets are written) are emptyDirs."""
     pod = (
         render().get(DEPLOYMENT, "deployment-gpuburst-gpuburst-controller").inputs["spec"]["template"]["spec"]
     )
@@ -253,7 +255,6 @@ def test_secrets_are_referenced_never_created() -> None:
     ]
     [container] = pod["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": "my-aws", "optional": False}}]
-    assert "env" not in container
     [tokens] = [v for v in pod["volumes"] if "secret" in v]
     assert tokens["secret"]["secretName"] == "my-tokens"
     in_cluster = controller_config.load(REPO / "examples" / "in-cluster.yaml")
@@ -262,6 +263,39 @@ def test_secrets_are_referenced_never_created() -> None:
         str(in_cluster.config.api.tokens_file)
         == f"{mount['mountPath']}/{tokens['secret']['items'][0]['path']}"
     )
+
+
+def test_the_store_is_the_shared_postgresql_with_its_password_from_a_secret() -> None:
+    rendering = render({**CONTROLLER, "storeSecret": "pg-credentials"})
+
+    pod = rendering.get(DEPLOYMENT, "deployment-gpuburst-gpuburst-controller").inputs["spec"]["template"][
+        "spec"
+    ]
+    [container] = pod["containers"]
+    in_cluster = controller_config.load(REPO / "examples" / "in-cluster.yaml").config.store
+    assert in_cluster.url is not None and in_cluster.url.startswith("postgresql://")
+    assert container["env"] == [
+        {
+            "name": in_cluster.password_env,
+            "valueFrom": {"secretKeyRef": {"name": "pg-credentials", "key": "password", "optional": False}},
+        }
+    ]
+    assert not [r for r in rendering.resources if r.type == "kubernetes:core/v1:Secret"]
+
+
+def test_no_literal_store_password_anywhere_in_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the password in the environment of whoever runs `pulumi up`, it still reaches no resource, and
+    no variable of the controller carries a literal value: the stack only names the Secret."""
+    password = "s3cret-Value-nowhere"
+    monkeypatch.setenv("GPUBURST_STORE_PASSWORD", password)
+    rendering = render_stack_file()
+
+    assert password not in json.dumps([r.inputs for r in rendering.resources])
+    [deployment] = [r for r in controller_objects(rendering) if r.type == DEPLOYMENT]
+    [container] = deployment.inputs["spec"]["template"]["spec"]["containers"]
+    assert container["env"]
+    for env in container["env"]:
+        assert set(env) == {"name", "valueFrom"}, env
 
 
 def test_the_config_map_is_the_config_file_and_the_pods_roll_when_it_changes() -> None:
@@ -289,6 +323,15 @@ def test_the_config_map_is_the_config_file_and_the_pods_roll_when_it_changes() -
         (("0.0.0.0:8080", "127.0.0.1:8080"), "api.listen must be '0.0.0.0:8080'"),
         (("/var/lib/gpuburst/gpuburst.db", "gpuburst.db"), "store.path must be under /var/lib/gpuburst"),
         (("kubernetes:\n", "kubernetes:\n  kubeconfig: /x\n"), "kubernetes.kubeconfig must be unset"),
+        (
+            ("  url: postgresql://gpuburst@", "  # url: postgresql://gpuburst@"),
+            "store.url must be a postgresql:// URL: the 2 replicas share the store",
+        ),
+        (
+            ("postgresql://gpuburst@", "postgresql://gpuburst:hunter2@"),
+            "store.url must not hold the password",
+        ),
+        (("  password_env: GPUBURST_STORE_PASSWORD\n", ""), "store.password_env must name the variable"),
     ],
 )
 def test_a_config_file_that_disagrees_with_the_deployment_fails_naming_the_key(
