@@ -249,7 +249,10 @@ config:
   gpuburst:kind: pool
   gpuburst:nodes: []   # the controller passes its own set
   gpuburst:instanceType: g5.xlarge
-  gpuburst:joinCommand:
+  gpuburst:joinSecretArn: arn:aws:secretsmanager:eu-west-1:123456789012:secret:gpuburst/join-AbCdEf
+  gpuburst:kubernetesVersion: "1.33"
+  # The pool account's key, if not from the environment: ciphertext under the stack's passphrase.
+  aws:secretKey:
     secure: v1:AAAABBBBCCCC
 """
 
