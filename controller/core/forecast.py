@@ -206,6 +206,8 @@ class Model:
     """Per regime and forecaster: (weight of its error record, the tail quantile) as last computed: the
     tail moves only when a block closes, and it is asked every tick."""
     profiles: tuple[Profile, ...] = ()
+    peaks: tuple[tuple[float, float], ...] = ()
+    """(minute, highest demand in it) over the peak window: how high demand has lately gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,9 @@ class Settings:
     coverage: float
     min_errors: float
     cold_margin: float
+    peak_window_s: float
+    peak_margin: float
+    """A bound goes at most this far (log) above the higher of its prediction and the recent peak."""
     floor_rps: float
     """Demand within a few requests per second of zero is compared in absolute terms, not as ratios."""
 
@@ -322,6 +327,7 @@ REGIMES = 2
 spike starting) are not the ones that come from a spike (it ending), and a bound learned from the first
 must not be stacked on top of the second."""
 ELEVATED = math.log(1.5)
+MINUTE_S = 60.0
 
 
 def _score(
@@ -367,7 +373,7 @@ def remember(
     seen = math.log(demand + settings.floor_rps)
     while pending and pending[0][0] <= at:
         errors, blocks = _score(m, at, seen, pending[0], block_s=block_s, settings=settings)
-        m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles)
+        m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles, m.peaks)
         pending = pending[1:]
     profiles = m.profiles
     if seasonal:
@@ -376,7 +382,23 @@ def remember(
             for p in (m.profiles or tuple(Profile.empty(period, b) for _, period, b, _ in PROFILES))
         )
     # Built directly: dataclasses.replace walks the fields, and this runs every tick.
-    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles)
+    peaks = _peaks(m.peaks, at, demand, settings)
+    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles, peaks)
+
+
+def _peaks(
+    peaks: tuple[tuple[float, float], ...], at: float, demand: float, settings: Settings
+) -> tuple[tuple[float, float], ...]:
+    minute = at // MINUTE_S
+    if peaks and peaks[-1][0] == minute:
+        return peaks if demand <= peaks[-1][1] else (*peaks[:-1], (minute, demand))
+    drop = bisect.bisect_left(peaks, minute - settings.peak_window_s // MINUTE_S, key=_time)
+    return (*peaks[drop:], (minute, demand))
+
+
+def peak(m: Model) -> float:
+    """The highest demand of the peak window (and of the samples kept, whichever is longer)."""
+    return max(max((v for _, v in m.peaks), default=0.0), max((v for _, v in m.samples), default=0.0))
 
 
 def _regime(predicted: tuple[float, ...], eps: float) -> int:
@@ -418,7 +440,7 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
         if best is None or slack < best[0]:
             best = (slack, source, p, margin)
     pending = (*m.pending, (at + horizon_s, predicted, regime))
-    m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles)
+    m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles, m.peaks)
     latest = m.samples[-1][1]
     if best is None:
         # Too few errors to judge any forecaster: the latest level, the robust one or the linear trend
@@ -427,6 +449,11 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
         bound = (cold + eps) * math.exp(settings.cold_margin) - eps
         return Forecast(latest, cold, bound, None, settings.cold_margin), m
     slack, source, expected, margin = best
-    bound = max(0.0, (expected + eps) * math.exp(margin) - eps)
+    # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
+    # far above that peak from a level that already includes it: the margin covers surprises up to what
+    # demand reached lately or what some forecaster now predicts (a ramp's trend), plus a little.
+    highest = max((p for p in predicted if not math.isnan(p)), default=0.0)
+    ceiling = (max(expected, highest, peak(m)) + eps) * math.exp(settings.peak_margin)
+    bound = max(0.0, min((expected + eps) * math.exp(margin), ceiling) - eps)
     follows = latest_slack is None or latest_slack <= slack + ERROR_BIN
     return Forecast(latest, expected, bound, source, margin, follows), m

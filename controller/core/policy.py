@@ -44,6 +44,10 @@ class BurstPolicy:
     """Horizons of errors (decayed count) a forecaster needs before it is trusted."""
     cold_margin: float = 0.25
     """Log headroom over the highest simple forecast while no forecaster has enough errors."""
+    peak_window_s: float = 3600.0
+    """How long the highest demand is remembered."""
+    peak_margin: float = 0.1
+    """A bound goes at most this far (log) above the higher of its prediction and that peak."""
     horizon_extra_s: float = 15.0
     """Added to the boot time: the wait for the next tick."""
     seasonality: bool = True
@@ -104,6 +108,8 @@ def settings(policy: BurstPolicy, w: model.WorkloadSpec) -> forecast.Settings:
         coverage=max(0.5, 1.0 - (1.0 - policy.slo_target) / policy.block_miss_share),
         min_errors=policy.min_errors,
         cold_margin=policy.cold_margin,
+        peak_window_s=policy.peak_window_s,
+        peak_margin=policy.peak_margin,
         floor_rps=w.gpu_rps,
     )
 

@@ -35,6 +35,8 @@ class PolicyFile(pydantic.BaseModel):
     error_half_life_s: float = pydantic.Field(_D.error_half_life_s, gt=0)
     min_errors: float = pydantic.Field(_D.min_errors, ge=1)
     cold_margin: float = pydantic.Field(_D.cold_margin, ge=0, le=3)
+    peak_window_s: float = pydantic.Field(_D.peak_window_s, ge=0)
+    peak_margin: float = pydantic.Field(_D.peak_margin, ge=0, le=3)
     horizon_extra_s: float = pydantic.Field(_D.horizon_extra_s, ge=0)
     seasonality: bool = _D.seasonality
     keep_factor: float = pydantic.Field(_D.keep_factor, ge=0)

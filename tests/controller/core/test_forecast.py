@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,6 +17,8 @@ SETTINGS = forecast.Settings(
     coverage=0.96,
     min_errors=5.0,
     cold_margin=0.25,
+    peak_window_s=3600.0,
+    peak_margin=0.1,
     floor_rps=25.0,
 )
 
@@ -69,14 +72,18 @@ def test_errors_forget_with_the_half_life() -> None:
 
 
 def _feed(
-    demand: list[float], *, step_s: float = 15.0, horizon_s: float = 60.0
+    demand: list[float],
+    *,
+    step_s: float = 15.0,
+    horizon_s: float = 60.0,
+    settings: forecast.Settings = SETTINGS,
 ) -> tuple[forecast.Model, forecast.Forecast]:
     m = forecast.Model()
     fc = None
     for i, v in enumerate(demand):
         t = i * step_s
-        m = forecast.remember(m, t, v, block_s=horizon_s, settings=SETTINGS, seasonal=False)
-        fc, m = forecast.forecast(m, t, horizon_s=horizon_s, settings=SETTINGS)
+        m = forecast.remember(m, t, v, block_s=horizon_s, settings=settings, seasonal=False)
+        fc, m = forecast.forecast(m, t, horizon_s=horizon_s, settings=settings)
     assert fc is not None
     return m, fc
 
@@ -92,6 +99,21 @@ def test_a_single_step_counts_once_in_the_errors() -> None:
     assert last.weights[high] == pytest.approx(1.0)
     assert sum(last.weights[high - 1 :]) == pytest.approx(1.0)
     assert last.total == pytest.approx(sum(last.weights))
+
+
+def test_the_bound_stays_near_the_recent_peak_once_the_spikes_have_stopped() -> None:
+    # Two hours of 100 req/s with 2-minute spikes to 600 every 10 minutes teach the latest-level
+    # forecaster a 4x tail; then an hour and a half without one.
+    spiky = [600.0 if i % 40 < 8 else 100.0 for i in range(480)]
+    calm = [100.0] * 360
+    _, during = _feed(spiky[:-4])
+    assert during.bound_rps > 3 * 100, "while spikes come, the bound keeps room for one"
+    _, after = _feed(spiky + calm)
+    assert after.bound_rps <= (100 + 25) * math.exp(SETTINGS.peak_margin) - 25 + 1e-9
+    # With the peak window longer than the calm, the bound still covers the last spike's height.
+    long_memory = dataclasses.replace(SETTINGS, peak_window_s=3 * 3600.0)
+    _, remembered = _feed(spiky + calm, settings=long_memory)
+    assert remembered.bound_rps > 3 * 100
 
 
 def test_cold_start_plans_the_higher_of_last_and_level_with_the_cold_margin() -> None:
