@@ -21,7 +21,7 @@ from controller.app import cli, config, live
 from controller.core import model
 from controller.ports import clock as clock_mod
 from controller.ports import fakes
-from tests.support import kube_emulator, prom, scripted_pulumi
+from tests.support import kube_emulator, live_proc, prom, scripted_pulumi
 
 REPO = Path(__file__).resolve().parents[3]
 WORKLOAD = {"name": "face-compare", "gpu_rps": 25, "service_time_s": 0.06, "slo_s": 0.5, "private_gpus": 2}
@@ -187,47 +187,9 @@ def _micro(t: float) -> str:
 
 
 # -- the long-running process -------------------------------------------------------------------------
-STAND_IN = r"""
-import http.server, signal, sys, threading
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/readyz" else 404)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
-server.serve_forever(poll_interval=0.05)
-"""
-
-
 def test_the_controller_process_serves_its_api_and_stops_on_sigterm(tmp_path: Path) -> None:
-    (tmp_path / "stand_in.py").write_text(STAND_IN)
-    port = prom.free_port()
-    data = {
-        "workloads": [WORKLOAD],
-        "pools": [
-            {
-                "name": "local",
-                "gpus_per_node": 1,
-                "price_per_hour": 1.0,
-                "boot_s": 1,
-                "max_nodes": 2,
-                "adapter": {
-                    "kind": "local",
-                    "boot_delay_s": 0,
-                    "worker_command": [sys.executable, str(tmp_path / "stand_in.py"), "{port}"],
-                },
-            }
-        ],
-        "prometheus": {"url": f"http://127.0.0.1:{prom.free_port()}", "timeout_s": 0.5, "retries": 0},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "tick_interval_s": 0.5,
-    }
-    path = tmp_path / "controller.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path, url = live_proc.config(tmp_path, f"http://127.0.0.1:{prom.free_port()}", tick_s=0.5)
+    state = tmp_path / "state"
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller", "run", "--config", str(path)],
         cwd=REPO,
@@ -236,12 +198,11 @@ def test_the_controller_process_serves_its_api_and_stops_on_sigterm(tmp_path: Pa
         text=True,
     )
     try:
-        url = f"http://127.0.0.1:{port}"
         prom.wait_until(lambda: _get(f"{url}/healthz"), timeout=60, what="the controller's API")
         assert httpx.get(f"{url}/v1/status").status_code == 401, (
             "no credential configured: still no anonymous call"
         )
-        token = (tmp_path / "admin-token").read_text().strip()
+        token = (state / "admin-token").read_text().strip()
         prom.wait_until(
             lambda: (_get(f"{url}/v1/status", token) or {}).get("store_version", 0) >= 2, what="two ticks"
         )
@@ -261,7 +222,7 @@ def test_the_controller_process_serves_its_api_and_stops_on_sigterm(tmp_path: Pa
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "controller running" for entry in lines), err[-2000:]
     (created,) = [entry for entry in lines if entry["msg"].startswith("no API token configured")]
-    assert created["token_file"] == str(tmp_path / "admin-token")
+    assert created["token_file"] == str(state / "admin-token")
     assert any(entry["msg"] == "stopping" and entry.get("signal") == "SIGTERM" for entry in lines)
     assert all("level" in entry and "ts" in entry for entry in lines)
 
