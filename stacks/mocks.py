@@ -89,6 +89,17 @@ class Rendering:
         return matches[0]
 
 
+def integral(value: Any) -> Any:
+    """Numbers cross the engine as doubles; Kubernetes reads 1.0 as 1."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral(item) for item in value]
+    return value
+
+
 class _Mocks(pulumi.runtime.Mocks):
     def __init__(self, calls: Mapping[str, Call]) -> None:
         self.calls = calls

@@ -55,17 +55,6 @@ def controller_objects(rendering: mocks.Rendering) -> list[mocks.Registered]:
     return [r for r in rendering.resources if r.parent == component.urn]
 
 
-def integral(value: Any) -> Any:
-    """Numbers cross the engine as doubles; Kubernetes reads 1.0 as 1."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: integral(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [integral(item) for item in value]
-    return value
-
-
 def roles(rendering: mocks.Rendering) -> list[mocks.Registered]:
     return rendering.of_type(RBAC + "Role") + rendering.of_type(RBAC + "ClusterRole")
 
@@ -373,7 +362,7 @@ def test_with_the_operator_a_service_monitor_and_the_rules_as_a_prometheus_rule(
     assert monitor.inputs["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
     [rule] = rendering.of_type(PROMETHEUS_RULE)
     committed = yaml.safe_load((program.DASHBOARDS_DIR / "rules" / "gpuburst-rules.yaml").read_text())
-    assert integral(rule.inputs["spec"]) == {"groups": committed["groups"]}
+    assert mocks.integral(rule.inputs["spec"]) == {"groups": committed["groups"]}
     labels = [r.inputs["metadata"]["labels"] for r in rendering.of_type("kubernetes:core/v1:ConfigMap")]
     assert not any("prometheus_rule" in label for label in labels)  # not evaluated twice
     assert sum("grafana_dashboard" in label for label in labels) == 2  # dashboards stay ConfigMaps
@@ -399,6 +388,6 @@ def test_the_controller_objects_validate_against_the_kubernetes_schema() -> None
         manifest = {
             "apiVersion": api_version if group == "core" else f"{group}/{api_version}",
             "kind": kind,
-            **integral(resource.inputs),
+            **mocks.integral(resource.inputs),
         }
         kubernetes_validate.validate(manifest, version, strict=True)

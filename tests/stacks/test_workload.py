@@ -50,17 +50,6 @@ def kube_objects(rendering: mocks.Rendering) -> list[mocks.Registered]:
     return [r for r in rendering.resources if r.type.startswith("kubernetes:")]
 
 
-def integral(value: Any) -> Any:
-    """Numbers cross the engine as doubles; Kubernetes reads 1.0 as 1."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: integral(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [integral(item) for item in value]
-    return value
-
-
 def test_burst_deployment_per_pool_selects_tolerates_and_leaves_replicas_to_the_controller() -> None:
     rendering = render_cluster(["aws-g5-spot", "aws-g5-ondemand"])
 
@@ -113,7 +102,7 @@ def test_objects_are_the_workload_manifests_unchanged() -> None:
         manifests.render_service(namespace="inference"),
     ]
     # Dashboards and rules ride along as ConfigMaps; the test below covers those.
-    registered = {r.name: integral(r.inputs) for r in kube_objects(rendering) if r.type != CONFIGMAP}
+    registered = {r.name: mocks.integral(r.inputs) for r in kube_objects(rendering) if r.type != CONFIGMAP}
     assert registered == {workload.logical_name(obj): obj for obj in expected}
 
 
@@ -146,7 +135,7 @@ def test_rendered_objects_validate_against_the_kubernetes_schema(tmp_path: Path)
         CONFIGMAP,
     }
     for resource in objects:
-        kubernetes_validate.validate(integral(resource.inputs), version, strict=True)
+        kubernetes_validate.validate(mocks.integral(resource.inputs), version, strict=True)
 
 
 def test_dashboards_and_rules_become_sidecar_configmaps(tmp_path: Path) -> None:
