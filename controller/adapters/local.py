@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -128,6 +129,10 @@ class LocalPool:
         self._failures: dict[str, str] = {}
         self._targets_written: str | None = None
         self._closed = False
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuburst-local-spawn")
+        """Every worker is forked from this one thread, which lives as long as the pool: the
+        parent-death signal follows the forking thread, and the threads that ask for a start (a tick,
+        an API request's worker thread) may end at any time."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftovers()
         self._write_targets()
@@ -264,6 +269,7 @@ class LocalPool:
             self._workers.clear()
             self._stopping.clear()
             self._write_targets()
+        self._spawner.shutdown(wait=True)
 
     def __enter__(self) -> LocalPool:
         return self
@@ -330,7 +336,8 @@ class LocalPool:
         try:
             # Its own process group (signals reach what it starts; a Ctrl-C meant for the controller
             # does not), and on Linux a SIGTERM when the controller dies, even by SIGKILL.
-            worker.process = subprocess.Popen(
+            worker.process = self._spawner.submit(
+                subprocess.Popen,
                 argv,
                 env=env,
                 cwd=self.cwd,
@@ -338,8 +345,8 @@ class LocalPool:
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509 (one syscall)
-            )
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # one syscall in the child
+            ).result()
             self._pidfile(worker).write_text(f"{worker.process.pid} {_start_time(worker.process.pid)}\n")
         except OSError as exc:
             worker.vanished = f"could not start: {exc}"
@@ -460,8 +467,8 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 def _die_with_parent() -> None:
     """In the forked child, before exec: SIGTERM when the parent dies; if it already has, exit.
 
-    Linux ties the signal to the thread that forked: the scheduler's worker threads live as long as the
-    controller, and `_stop_leftovers` covers whatever still outlives it.
+    Linux ties the signal to the thread that forked: workers are forked from the pool's spawner thread,
+    which lives as long as the controller, and `_stop_leftovers` covers whatever still outlives it.
     """
     assert _PRCTL is not None
     _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

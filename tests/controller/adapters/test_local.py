@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -256,6 +257,19 @@ def test_a_worker_that_dies_unasked_counts_as_a_vanished_instance(
     assert gone(victim.pid)
     pool.submit("local", ("n1", "n2"))
     assert "n1" not in pool.state("local").instances, "a vanished node is not restarted under its name"
+
+
+def test_a_worker_outlives_the_thread_that_happened_to_start_it(
+    make_pool: Callable[..., local.LocalPool],
+) -> None:
+    # Workers start from whichever thread asks first (a tick, an API request's worker thread); a thread
+    # that ends must not take them along (Linux's parent-death signal follows the forking thread).
+    pool = make_pool(boot_delay_s=0.0)
+    caller = threading.Thread(target=pool.submit, args=("local", ("n1",)))
+    caller.start()
+    caller.join()
+    until(lambda: ready(pool, "n1"), "n1 ready after the thread that started it ended")
+    assert pool.state("local").instances == {"n1": "running"}
 
 
 def test_a_worker_that_cannot_start_fails_the_apply_naming_it(
