@@ -130,9 +130,8 @@ class LocalPool:
         self._targets_written: str | None = None
         self._closed = False
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuburst-local-spawn")
-        """Every worker is forked from this one thread, which lives as long as the pool: the
-        parent-death signal follows the forking thread, and the threads that ask for a start (a tick,
-        an API request's worker thread) may end at any time."""
+        """Forks every worker and lives as long as the pool (the parent-death signal follows the forking
+        thread, and the threads asking for a start, a tick or an API request's, may end at any time)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftovers()
         self._write_targets()
