@@ -6,8 +6,8 @@ boot, the wait for the next tick, and the rate window's lag); when that time com
 offers is its prediction times the `coverage` quantile of its own errors (a conformal bound: it covers
 that share of this workload's real surprises, whatever their shape). The ensemble plans with the
 forecaster whose bounds have lately been tightest for the same coverage, so a smooth ramp is planned
-by a trend, per-minute noise by a robust level, and recurring spikes by the profile that saw them come
-before. Nothing here knows a scenario: each workload's own errors choose.
+by a trend, per-minute noise by a robust level, on/off bursts by the recent peak, and recurring spikes
+by the profile that saw them come before. Nothing here knows a scenario: each workload's own errors choose.
 
 Pure and small: the state is tuples that decide carries from tick to tick (the store keeps them).
 """
@@ -35,6 +35,8 @@ class Source(enum.StrEnum):
     """The median of the last few samples: right when single samples are noise."""
     BASE = "base"
     """The median of the last quarter hour: right when spikes come and go within a boot."""
+    RECENT = "recent"
+    """The highest sample of the last horizon: right when bursts come and go within one and recur."""
     TREND = "trend"
     """A straight line through the trend window, carried to the horizon: linear ramps."""
     GROWTH = "growth"
@@ -224,6 +226,8 @@ class Settings:
     """A bound goes at most this far (log) above the higher of its prediction and the recent peak."""
     floor_rps: float
     """Demand within a few requests per second of zero is compared in absolute terms, not as ratios."""
+    rate_window_s: float = 60.0
+    """The window the demand rate is averaged over: a step in arrivals shows as a climb this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,13 +308,15 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
         if m.profiles
         else (math.nan,) * len(PROFILES)  # seasonality off: no profiles are learned
     )
-    return (latest, level, base, trend, growth, *seasonal)
+    recent_peak = max(v for _, v in m.samples[bisect.bisect_left(m.samples, at - horizon_s, key=_time) :])
+    return (latest, level, base, recent_peak, trend, growth, *seasonal)
 
 
 SOURCES: tuple[Source, ...] = (
     Source.LAST,
     Source.LEVEL,
     Source.BASE,
+    Source.RECENT,
     Source.TREND,
     Source.GROWTH,
     *(s for s, _, _, _ in PROFILES),
@@ -361,10 +367,20 @@ def _score(
     return tuple(out_e), tuple(out_b)
 
 
+def _aligned(m: Model) -> Model:
+    """The model, less the errors and pending forecasts of another set of forecasters (a state stored
+    by an earlier version): their places no longer line up, so those forecasters start cold."""
+    n = len(SOURCES)
+    if len(m.errors) in (0, REGIMES * n) and all(len(p) == n for _, p, _ in m.pending):
+        return m
+    return Model(m.samples, (), (), (), (), m.profiles, m.peaks)
+
+
 def remember(
     m: Model, at: float, demand: float, *, block_s: float, settings: Settings, seasonal: bool
 ) -> Model:
     """Add a demand sample: score the forecasts now due, learn the profiles."""
+    m = _aligned(m)
     keep_from = bisect.bisect_left(
         m.samples, at - max(settings.trend_window_s, settings.base_window_s), key=_time
     )
@@ -406,6 +422,15 @@ def _regime(predicted: tuple[float, ...], eps: float) -> int:
     return 1 if math.log(latest + eps) - math.log(base + eps) > ELEVATED else 0
 
 
+def _climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, window_s: float) -> float:
+    """The latest demand carried to the horizon by its climb over the last rate window (at least three
+    samples): a step in arrivals climbs for one window and then stops, a ramp goes on climbing."""
+    recent = samples[bisect.bisect_left(samples, at - window_s, key=_time) :]
+    fit = _lines(recent if len(recent) >= 3 else samples[-3:], 1.0)
+    latest = samples[-1][1]
+    return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
+
+
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
     """The bound to plan for, and the model with this tick's predictions pending."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
@@ -443,9 +468,15 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles, m.peaks)
     latest = m.samples[-1][1]
     if best is None:
-        # Too few errors to judge any forecaster: the latest level, the robust one or the linear trend
-        # (the exponential one, carried over a whole horizon from a few samples, is too wild unjudged).
-        cold = max(p for p in predicted[:4] if not math.isnan(p))
+        # Too few errors to judge any forecaster: the highest of the latest, robust, base and recent
+        # levels, and of the linear trend while demand still climbs (the exponential one, carried over a
+        # whole horizon from a few samples, is too wild unjudged). A step in arrivals reaches a windowed
+        # rate as a climb one window long: carried on after it stopped, it would buy capacity for a
+        # level that never comes.
+        cold = max(p for p in predicted[: SOURCES.index(Source.TREND)] if not math.isnan(p))
+        trend = predicted[SOURCES.index(Source.TREND)]
+        if not math.isnan(trend):
+            cold = max(cold, min(trend, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
         bound = (cold + eps) * math.exp(settings.cold_margin) - eps
         return Forecast(latest, cold, bound, None, settings.cold_margin), m
     slack, source, expected, margin = best

@@ -99,7 +99,7 @@ def burstable_share(metrics: model.WorkloadMetrics, tiers: frozenset[str]) -> fl
     return sum(v for t, v in metrics.tier_rps.items() if t in tiers) / total
 
 
-def settings(policy: BurstPolicy, w: model.WorkloadSpec) -> forecast.Settings:
+def settings(policy: BurstPolicy, w: model.WorkloadSpec, window_s: float = 60.0) -> forecast.Settings:
     return forecast.Settings(
         trend_window_s=policy.trend_window_s,
         level_window_s=policy.level_window_s,
@@ -111,6 +111,7 @@ def settings(policy: BurstPolicy, w: model.WorkloadSpec) -> forecast.Settings:
         peak_window_s=policy.peak_window_s,
         peak_margin=policy.peak_margin,
         floor_rps=w.gpu_rps,
+        rate_window_s=window_s,
     )
 
 
@@ -154,7 +155,7 @@ def _needs(
             w, m, models.get(w.name, forecast.Model()), at=inputs.at,
             share=burstable_share(m, policy.burst_tiers),
             horizon_s=boot_s + policy.horizon_extra_s + m.window_s / 2,
-            settings=settings(policy, w), seasonality=policy.seasonality,
+            settings=settings(policy, w, m.window_s), seasonality=policy.seasonality,
             utilization=policy.target_utilization, drain_s=policy.backlog_drain_s,
         )  # fmt: skip
         needs.append(need)

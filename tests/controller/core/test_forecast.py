@@ -164,3 +164,46 @@ def test_a_profile_forecasts_only_after_two_whole_periods() -> None:
     p = forecast.observe(p, 0.0, 1.0)
     assert not p.complete(2 * 3600.0)
     assert p.complete(2 * 3600.0 + 60.0)
+
+
+COLD = dataclasses.replace(SETTINGS, min_errors=1e9, rate_window_s=60.0)
+"""No forecaster is ever judged: every forecast is a cold start."""
+
+
+def test_a_cold_start_carries_on_a_climb_but_not_a_step_that_has_ended() -> None:
+    # A step from 100 to 500 req/s reaches a 60 s rate as a one-window climb; two minutes later the rate
+    # is flat, and a line through the last five minutes would still climb (to ~880 by +285 s).
+    step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8
+    m, fc = _feed(step, horizon_s=285.0, settings=COLD)
+    trend = forecast.predictions(m, (len(step) - 1) * 15.0, horizon_s=285.0, settings=COLD)[
+        forecast.SOURCES.index(forecast.Source.TREND)
+    ]
+    assert fc.source is None and trend > 700
+    assert fc.expected_rps == pytest.approx(500.0)
+    # A ramp of 1 req/s per second that goes on climbing is carried to the horizon.
+    ramp = [100.0 + 15.0 * i for i in range(40)]
+    _, fc = _feed(ramp, horizon_s=285.0, settings=COLD)
+    assert fc.expected_rps == pytest.approx(ramp[-1] + 285.0, rel=0.05)
+
+
+def test_the_recent_forecaster_predicts_the_highest_sample_of_the_last_horizon() -> None:
+    # On/off bursts: the burst 4 minutes ago is within a 285 s horizon, the one 6 minutes ago is not.
+    samples = ((0.0, 900.0), (60.0, 50.0), (120.0, 700.0), (180.0, 50.0), (240.0, 50.0), (360.0, 50.0))
+    m = forecast.Model(samples=samples)
+    p = forecast.predictions(m, 360.0, horizon_s=285.0, settings=SETTINGS)
+    assert p[forecast.SOURCES.index(forecast.Source.RECENT)] == 700.0
+
+
+def test_errors_stored_for_other_forecasters_start_them_cold_instead_of_misplacing_them() -> None:
+    m, _ = _feed([100.0] * 40)
+    short = len(forecast.SOURCES) - 1
+    stored = dataclasses.replace(
+        m,
+        errors=m.errors[: forecast.REGIMES * short],
+        pending=tuple((due, p[:short], r) for due, p, r in m.pending),
+    )
+    again = forecast.remember(stored, 600.0, 100.0, block_s=60.0, settings=SETTINGS, seasonal=False)
+    assert again.errors == () and again.pending == ()
+    assert again.samples[-1] == (600.0, 100.0)
+    fc, _ = forecast.forecast(again, 600.0, horizon_s=60.0, settings=SETTINGS)
+    assert fc.source is None
