@@ -235,6 +235,9 @@ def test_burst_and_release_with_prometheus_kubernetes_and_pulumi(
             assert released_at is not None, f"not released: {report.decision.reasons}"
             assert deployment_replicas() == 0
             assert cli.applied(POOL)[-1] == ()
+            # The next tick reads the emptied stack and records the nodes as released.
+            report = tick()
+            assert {r.status for r in ctl.store.load().records.values()} == {S.RELEASED}
 
             # Each node was cordoned and empty in the cluster before its instance left the stack.
             for node in nodes:
