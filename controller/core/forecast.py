@@ -210,6 +210,8 @@ class Model:
     profiles: tuple[Profile, ...] = ()
     peaks: tuple[tuple[float, float], ...] = ()
     """(minute, highest demand in it) over the peak window: how high demand has lately gone."""
+    queue: tuple[float, float] = (0.0, 0.0)
+    """(time, queue depth) at the last sample: how fast a queue grows tells what arrives beyond the rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,23 +375,31 @@ def _aligned(m: Model) -> Model:
     n = len(SOURCES)
     if len(m.errors) in (0, REGIMES * n) and all(len(p) == n for _, p, _ in m.pending):
         return m
-    return Model(m.samples, (), (), (), (), m.profiles, m.peaks)
+    return Model(m.samples, (), (), (), (), m.profiles, m.peaks, m.queue)
 
 
 def remember(
-    m: Model, at: float, demand: float, *, block_s: float, settings: Settings, seasonal: bool
+    m: Model,
+    at: float,
+    demand: float,
+    *,
+    block_s: float,
+    settings: Settings,
+    seasonal: bool,
+    arrived: float = 0.0,
 ) -> Model:
-    """Add a demand sample: score the forecasts now due, learn the profiles."""
+    """Add a demand sample: score the forecasts now due (against `arrived` where a growing queue shows
+    more arriving than the windowed rate does), learn the profiles."""
     m = _aligned(m)
     keep_from = bisect.bisect_left(
         m.samples, at - max(settings.trend_window_s, settings.base_window_s), key=_time
     )
     samples = (*m.samples[keep_from:], (at, demand))
     pending = m.pending
-    seen = math.log(demand + settings.floor_rps)
+    seen = math.log(max(demand, arrived) + settings.floor_rps)
     while pending and pending[0][0] <= at:
         errors, blocks = _score(m, at, seen, pending[0], block_s=block_s, settings=settings)
-        m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles, m.peaks)
+        m = Model(m.samples, m.pending, errors, blocks, m.tails, m.profiles, m.peaks, m.queue)
         pending = pending[1:]
     profiles = m.profiles
     if seasonal:
@@ -399,7 +409,7 @@ def remember(
         )
     # Built directly: dataclasses.replace walks the fields, and this runs every tick.
     peaks = _peaks(m.peaks, at, demand, settings)
-    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles, peaks)
+    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles, peaks, m.queue)
 
 
 def _peaks(
@@ -465,7 +475,7 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
         if best is None or slack < best[0]:
             best = (slack, source, p, margin)
     pending = (*m.pending, (at + horizon_s, predicted, regime))
-    m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles, m.peaks)
+    m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles, m.peaks, m.queue)
     latest = m.samples[-1][1]
     if best is None:
         # Too few errors to judge any forecaster: the highest of the latest, robust, base and recent

@@ -40,6 +40,18 @@ def _jump(mem: forecast.Model, window_s: float) -> float:
     return mem.samples[before][1] + window_s * (r2 - r1) / (t2 - t1)
 
 
+def queue_arrivals(
+    mem: forecast.Model, at: float, queue: float, *, capacity_rps: float, slo_s: float
+) -> float:
+    """What arrives now where a queue holding more than the SLO's worth of work grows: what is served
+    plus the growth. A rate averaged over its window hides arrivals that exceed capacity for less than
+    the window (a noisy minute, a burst); the queue does not. 0 where nothing says more than the rate."""
+    t0, q0 = mem.queue
+    if queue <= capacity_rps * slo_s or at <= t0 or queue <= q0:
+        return 0.0
+    return capacity_rps + (queue - q0) / (at - t0)
+
+
 def need(
     w: model.WorkloadSpec,
     m: model.WorkloadMetrics,
@@ -54,10 +66,14 @@ def need(
     drain_s: float,
 ) -> tuple[Need, forecast.Model]:
     demand = (m.rate_rps or 0.0) * share
-    mem = forecast.remember(mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality)
-    fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
     queue = (m.queue_depth or 0.0) * share
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else 0
+    arrived = queue_arrivals(mem, at, queue, capacity_rps=serving * w.gpu_rps * share, slo_s=w.slo_s)
+    mem = forecast.remember(
+        mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality, arrived=arrived
+    )
+    mem = replace(mem, queue=(at, queue))
+    fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
     # A queue holding more than the SLO's worth of work makes every new request miss until it drains,
     # and says that the rate, averaged over its window, lags what arrives now.
     # Chased only where this workload's steps have lasted: where its levels revert, a spike is over

@@ -207,3 +207,25 @@ def test_errors_stored_for_other_forecasters_start_them_cold_instead_of_misplaci
     assert again.samples[-1] == (600.0, 100.0)
     fc, _ = forecast.forecast(again, 600.0, horizon_s=60.0, settings=SETTINGS)
     assert fc.source is None
+
+
+def test_forecasts_are_judged_against_what_arrived_where_a_queue_showed_more_than_the_rate() -> None:
+    # A steady 100 req/s rate; in every fourth horizon-long block a growing queue showed 130 arriving.
+    roomy = dataclasses.replace(SETTINGS, peak_margin=0.5)  # a ceiling that does not bind here
+
+    def learn(arrived: float, settings: forecast.Settings) -> forecast.Forecast:
+        m, fc = forecast.Model(), None
+        for i in range(400):
+            t = i * 15.0
+            extra = arrived if i % 16 == 8 else 0.0
+            m = forecast.remember(m, t, 100.0, block_s=60.0, settings=settings, seasonal=False, arrived=extra)
+            fc, m = forecast.forecast(m, t, horizon_s=60.0, settings=settings)
+        assert fc is not None
+        return fc
+
+    calm, queued = learn(0.0, roomy), learn(130.0, roomy)
+    assert calm.margin < 0.05
+    assert queued.margin >= math.log((130 + 25) / (100 + 25)) - forecast.ERROR_BIN
+    assert queued.bound_rps >= 130 - 2
+    # The ceiling still holds: a bound goes at most x e^peak_margin above the rate's recent peak.
+    assert learn(130.0, SETTINGS).bound_rps == pytest.approx((100 + 25) * math.exp(0.1) - 25)
