@@ -21,6 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from controller.core.profiles import Profile, observe, peak_around
+
 HOUR_S = 3600.0
 DAY_S = 86400.0
 WEEK_S = 7 * DAY_S
@@ -122,64 +124,6 @@ def quantile(e: Errors, q: float) -> float:
 def bias(e: Errors) -> float:
     """The mean tick error: positive where the forecaster runs low."""
     return e.sum / e.ticks if e.ticks > 0 else 0.0
-
-
-# -- seasonal profiles ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """The peak demand per time-of-period bin over the last two periods.
-
-    A time is forecast by what both periods reached near it (the lower of their peaks within `reach`):
-    a spike seen once is not forecast again, one that recurs at about the same time is."""
-
-    period_s: float
-    bin_s: float
-    values: tuple[float, ...]
-    """The last period's peak per bin."""
-    before: tuple[float, ...]
-    """The period before's peak per bin."""
-    started_at: float | None = None
-    bin_index: int = -1
-    bin_peak: float = 0.0
-
-    @staticmethod
-    def empty(period_s: float, bin_s: float) -> Profile:
-        n = int(period_s // bin_s)
-        return Profile(period_s, bin_s, (0.0,) * n, (0.0,) * n)
-
-    def index(self, t: float) -> int:
-        return int((t % self.period_s) // self.bin_s) % len(self.values)
-
-    def complete(self, t: float) -> bool:
-        return self.started_at is not None and t - self.started_at >= 2 * self.period_s + self.bin_s
-
-
-def observe(p: Profile, t: float, value: float) -> Profile:
-    idx = p.index(t)
-    if idx == p.bin_index:
-        if value <= p.bin_peak:
-            return p
-        return Profile(p.period_s, p.bin_s, p.values, p.before, p.started_at, idx, value)
-    values, before = p.values, p.before
-    if p.bin_index >= 0:
-        i = p.bin_index
-        before = (*before[:i], values[i], *before[i + 1 :])
-        values = (*values[:i], p.bin_peak, *values[i + 1 :])
-    started = t if p.started_at is None else p.started_at
-    return Profile(p.period_s, p.bin_s, values, before, started, idx, value)
-
-
-def peak_around(p: Profile, t: float, reach_s: float) -> float:
-    """What both periods reached within `reach_s` of t: recurring spikes come minutes early or late."""
-    n = len(p.values)
-    centre = p.index(t)
-    k = min(int(reach_s // p.bin_s), (n - 1) // 2)
-    lo, hi = centre - k, centre + k + 1
-    if lo >= 0 and hi <= n:  # slices, not a walk over indices: this runs every tick per profile
-        return min(max(p.values[lo:hi]), max(p.before[lo:hi]))
-    lo %= n
-    hi %= n
-    return min(max(*p.values[lo:], *p.values[:hi]), max(*p.before[lo:], *p.before[:hi]))
 
 
 PROFILES: tuple[tuple[Source, float, float, float], ...] = (
@@ -304,7 +248,7 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
     )
     seasonal = (
         tuple(
-            peak_around(p, at + horizon_s, reach) if p.complete(at) else math.nan
+            peak_around(p, at + horizon_s, reach, latest) if p.complete(at) else math.nan
             for p, (_, _, _, reach) in zip(m.profiles, PROFILES, strict=True)
         )
         if m.profiles

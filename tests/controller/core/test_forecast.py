@@ -138,34 +138,6 @@ def test_growth_extrapolates_an_exponential_that_a_line_undershoots() -> None:
     assert p[forecast.Source.LAST] < 0.7 * truth
 
 
-def test_a_spike_seen_once_is_not_forecast_but_one_that_recurs_is() -> None:
-    period, bin_s, reach = 3600.0, 60.0, 300.0
-    p = forecast.Profile.empty(period, bin_s)
-
-    def run(p: forecast.Profile, start: float, spike_at: float | None) -> forecast.Profile:
-        for t in range(int(start), int(start + period), 15):
-            spike = spike_at is not None and spike_at <= t < spike_at + 120
-            p = forecast.observe(p, t, 900.0 if spike else 100.0)
-        return p
-
-    p = run(p, 0.0, None)  # first hour: calm
-    p = run(p, period, period + 1800.0)  # second hour: a spike at :30
-    assert p.complete(2 * period + bin_s)
-    assert forecast.peak_around(p, 2 * period + 1800, reach) == pytest.approx(100.0), "seen once"
-    p = run(p, 2 * period, 2 * period + 1860.0)  # third hour: the spike again, a minute late
-    # Both of the last two periods reached it within reach: forecast (from a few minutes before).
-    assert forecast.peak_around(p, 3 * period + 1680, reach) == pytest.approx(900.0)
-    assert forecast.peak_around(p, 3 * period + 600, reach) == pytest.approx(100.0)
-
-
-def test_a_profile_forecasts_only_after_two_whole_periods() -> None:
-    p = forecast.Profile.empty(3600.0, 60.0)
-    assert not p.complete(0.0)
-    p = forecast.observe(p, 0.0, 1.0)
-    assert not p.complete(2 * 3600.0)
-    assert p.complete(2 * 3600.0 + 60.0)
-
-
 COLD = dataclasses.replace(SETTINGS, min_errors=1e9, rate_window_s=60.0)
 """No forecaster is ever judged: every forecast is a cold start."""
 
