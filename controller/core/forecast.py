@@ -20,6 +20,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from controller.core.profiles import Profile, observe, peak_around
 
@@ -254,7 +255,7 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
         if m.profiles
         else (math.nan,) * len(PROFILES)  # seasonality off: no profiles are learned
     )
-    recent_peak = max(v for _, v in m.samples[bisect.bisect_left(m.samples, at - horizon_s, key=_time) :])
+    recent_peak = max(map(_value, m.samples[bisect.bisect_left(m.samples, at - horizon_s, key=_time) :]))
     return (latest, level, base, recent_peak, trend, growth, *seasonal)
 
 
@@ -269,8 +270,9 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
-def _time(sample: tuple[float, float]) -> float:
-    return sample[0]
+_time = itemgetter(0)
+_value = itemgetter(1)
+"""(time, value) pairs: keys in C, asked many times a tick."""
 
 
 REGIMES = 2
@@ -316,8 +318,8 @@ def _score(
 def _aligned(m: Model) -> Model:
     """The model, less the errors and pending forecasts of another set of forecasters (a state stored
     by an earlier version): their places no longer line up, so those forecasters start cold."""
-    n = len(SOURCES)
-    if len(m.errors) in (0, REGIMES * n) and all(len(p) == n for _, p, _ in m.pending):
+    n = len(SOURCES)  # the pending forecasts were all made by one version: the oldest tells
+    if len(m.errors) in (0, REGIMES * n) and (not m.pending or len(m.pending[0][1]) == n):
         return m
     return Model(m.samples, (), (), (), (), m.profiles, m.peaks, m.queue)
 
@@ -331,9 +333,11 @@ def remember(
     settings: Settings,
     seasonal: bool,
     arrived: float = 0.0,
+    queue: float = 0.0,
 ) -> Model:
-    """Add a demand sample: score the forecasts now due (against `arrived` where a growing queue shows
-    more arriving than the windowed rate does), learn the profiles."""
+    """Add a demand sample and the queue depth seen with it: score the forecasts now due (against
+    `arrived` where a growing queue shows more arriving than the windowed rate does), learn the
+    profiles."""
     m = _aligned(m)
     keep_from = bisect.bisect_left(
         m.samples, at - max(settings.trend_window_s, settings.base_window_s), key=_time
@@ -353,7 +357,7 @@ def remember(
         )
     # Built directly: dataclasses.replace walks the fields, and this runs every tick.
     peaks = _peaks(m.peaks, at, demand, settings)
-    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles, peaks, m.queue)
+    return Model(samples, pending, m.errors, m.blocks, m.tails, profiles, peaks, (at, queue))
 
 
 def _peaks(
@@ -368,7 +372,7 @@ def _peaks(
 
 def peak(m: Model) -> float:
     """The highest demand of the peak window (and of the samples kept, whichever is longer)."""
-    return max(max((v for _, v in m.peaks), default=0.0), max((v for _, v in m.samples), default=0.0))
+    return max(max(map(_value, m.peaks), default=0.0), max(map(_value, m.samples), default=0.0))
 
 
 def _regime(predicted: tuple[float, ...], eps: float) -> int:

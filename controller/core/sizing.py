@@ -70,9 +70,9 @@ def need(
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else 0
     arrived = queue_arrivals(mem, at, queue, capacity_rps=serving * w.gpu_rps * share, slo_s=w.slo_s)
     mem = forecast.remember(
-        mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality, arrived=arrived
-    )
-    mem = replace(mem, queue=(at, queue))
+        mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality,
+        arrived=arrived, queue=queue,
+    )  # fmt: skip
     fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
     # A queue holding more than the SLO's worth of work makes every new request miss until it drains,
     # and says that the rate, averaged over its window, lags what arrives now.
