@@ -99,7 +99,7 @@ def burstable_share(metrics: model.WorkloadMetrics, tiers: frozenset[str]) -> fl
     return sum(v for t, v in metrics.tier_rps.items() if t in tiers) / total
 
 
-def settings(policy: BurstPolicy, w: model.WorkloadSpec, window_s: float = 60.0) -> forecast.Settings:
+def settings(policy: BurstPolicy, w: model.WorkloadSpec, *, window_s: float) -> forecast.Settings:
     return forecast.Settings(
         trend_window_s=policy.trend_window_s,
         level_window_s=policy.level_window_s,
@@ -155,7 +155,7 @@ def _needs(
             w, m, models.get(w.name, forecast.Model()), at=inputs.at,
             share=burstable_share(m, policy.burst_tiers),
             horizon_s=boot_s + policy.horizon_extra_s + m.window_s / 2,
-            settings=settings(policy, w, m.window_s), seasonality=policy.seasonality,
+            settings=settings(policy, w, window_s=m.window_s), seasonality=policy.seasonality,
             utilization=policy.target_utilization, drain_s=policy.backlog_drain_s,
         )  # fmt: skip
         needs.append(need)

@@ -40,6 +40,11 @@ def _jump(mem: forecast.Model, window_s: float) -> float:
     return mem.samples[before][1] + window_s * (r2 - r1) / (t2 - t1)
 
 
+def _floods(queue: float, *, capacity_rps: float, slo_s: float) -> bool:
+    """A queue holding more than the SLO's worth of work: every new request misses until it drains."""
+    return queue > 0 and queue > capacity_rps * slo_s
+
+
 def queue_arrivals(
     mem: forecast.Model, at: float, queue: float, *, capacity_rps: float, slo_s: float
 ) -> float:
@@ -47,7 +52,7 @@ def queue_arrivals(
     plus the growth. A rate averaged over its window hides arrivals that exceed capacity for less than
     the window (a noisy minute, a burst); the queue does not. 0 where nothing says more than the rate."""
     t0, q0 = mem.queue
-    if queue <= capacity_rps * slo_s or at <= t0 or queue <= q0:
+    if not _floods(queue, capacity_rps=capacity_rps, slo_s=slo_s) or at <= t0 or queue <= q0:
         return 0.0
     return capacity_rps + (queue - q0) / (at - t0)
 
@@ -68,7 +73,8 @@ def need(
     demand = (m.rate_rps or 0.0) * share
     queue = (m.queue_depth or 0.0) * share
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else 0
-    arrived = queue_arrivals(mem, at, queue, capacity_rps=serving * w.gpu_rps * share, slo_s=w.slo_s)
+    capacity_rps = serving * w.gpu_rps * share
+    arrived = queue_arrivals(mem, at, queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
     mem = forecast.remember(
         mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality,
         arrived=arrived, queue=queue,
@@ -78,7 +84,7 @@ def need(
     # and says that the rate, averaged over its window, lags what arrives now.
     # Chased only where this workload's steps have lasted: where its levels revert, a spike is over
     # before capacity bought for it could serve.
-    flooded = fc.follows and queue > 0 and queue > serving * w.gpu_rps * share * w.slo_s
+    flooded = fc.follows and _floods(queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
     arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
     if flooded and arrivals > fc.expected_rps:
         fc = replace(fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, arrivals * math.exp(fc.margin)))
