@@ -389,6 +389,21 @@ def _climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, 
     return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
 
 
+_LINES = range(SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH) + 1)
+
+
+def _highest(
+    m: Model, predicted: tuple[float, ...], at: float, horizon_s: float, settings: Settings
+) -> float:
+    """The highest prediction, a trend line's carried only as far as demand still climbs: fitted over
+    minutes that straddle a step or a burst's start, a line goes on climbing after demand has stopped."""
+    rest = max((p for i, p in enumerate(predicted) if i not in _LINES and not math.isnan(p)), default=0.0)
+    line = max((predicted[i] for i in _LINES if not math.isnan(predicted[i])), default=0.0)
+    if line <= rest:
+        return rest
+    return max(rest, min(line, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
+
+
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
     """The bound to plan for, and the model with this tick's predictions pending."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
@@ -440,8 +455,9 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     slack, source, expected, margin = best
     # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
     # far above that peak from a level that already includes it: the margin covers surprises up to what
-    # demand reached lately or what some forecaster now predicts (a ramp's trend), plus a little.
-    highest = max((p for p in predicted if not math.isnan(p)), default=0.0)
+    # demand reached lately or what some forecaster now predicts (a ramp's trend, as far as demand still
+    # climbs), plus a little.
+    highest = _highest(m, predicted, at, horizon_s, settings)
     ceiling = (max(expected, highest, peak(m)) + eps) * math.exp(settings.peak_margin)
     bound = max(0.0, min((expected + eps) * math.exp(margin), ceiling) - eps)
     follows = latest_slack is None or latest_slack <= slack + ERROR_BIN

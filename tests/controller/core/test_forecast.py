@@ -158,6 +158,24 @@ def test_a_cold_start_carries_on_a_climb_but_not_a_step_that_has_ended() -> None
     assert fc.expected_rps == pytest.approx(ramp[-1] + 285.0, rel=0.05)
 
 
+def test_the_ceiling_opens_to_a_trend_line_only_as_far_as_demand_still_climbs() -> None:
+    # The same step: the line through the last five minutes still climbs past 700 req/s, demand does
+    # not; the ceiling a judged margin is held under stays at the plateau (x e^peak_margin).
+    step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8
+    m, _ = _feed(step, horizon_s=285.0, settings=COLD)
+    at = (len(step) - 1) * 15.0
+    predicted = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)
+    assert predicted[forecast.SOURCES.index(forecast.Source.TREND)] > 700
+    assert forecast._highest(m, predicted, at, 285.0, COLD) == pytest.approx(500.0)
+    # On a ramp that goes on climbing, the line is what the ceiling opens to.
+    ramp = [100.0 + 15.0 * i for i in range(40)]
+    m, _ = _feed(ramp, horizon_s=285.0, settings=COLD)
+    at = (len(ramp) - 1) * 15.0
+    predicted = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)
+    highest = forecast._highest(m, predicted, at, 285.0, COLD)
+    assert highest == pytest.approx(ramp[-1] + 285.0, rel=0.05) and highest > ramp[-1] + 200
+
+
 def test_the_recent_forecaster_predicts_the_highest_sample_of_the_last_horizon() -> None:
     # On/off bursts: the burst 4 minutes ago is within a 285 s horizon, the one 6 minutes ago is not.
     samples = ((0.0, 900.0), (60.0, 50.0), (120.0, 700.0), (180.0, 50.0), (240.0, 50.0), (360.0, 50.0))
