@@ -389,7 +389,7 @@ def _climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, 
     return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
 
 
-_LINES = range(SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH) + 1)
+_TREND, _GROWTH = SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH)
 
 
 def _highest(
@@ -397,8 +397,9 @@ def _highest(
 ) -> float:
     """The highest prediction, a trend line's carried only as far as demand still climbs: fitted over
     minutes that straddle a step or a burst's start, a line goes on climbing after demand has stopped."""
-    rest = max((p for i, p in enumerate(predicted) if i not in _LINES and not math.isnan(p)), default=0.0)
-    line = max((predicted[i] for i in _LINES if not math.isnan(predicted[i])), default=0.0)
+    others = predicted[:_TREND] + predicted[_GROWTH + 1 :]
+    rest = max((p for p in others if not math.isnan(p)), default=0.0)
+    line = max((p for p in predicted[_TREND : _GROWTH + 1] if not math.isnan(p)), default=0.0)
     if line <= rest:
         return rest
     return max(rest, min(line, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
@@ -446,8 +447,8 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
         # whole horizon from a few samples, is too wild unjudged). A step in arrivals reaches a windowed
         # rate as a climb one window long: carried on after it stopped, it would buy capacity for a
         # level that never comes.
-        cold = max(p for p in predicted[: SOURCES.index(Source.TREND)] if not math.isnan(p))
-        trend = predicted[SOURCES.index(Source.TREND)]
+        cold = max(p for p in predicted[:_TREND] if not math.isnan(p))
+        trend = predicted[_TREND]
         if not math.isnan(trend):
             cold = max(cold, min(trend, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
         bound = (cold + eps) * math.exp(settings.cold_margin) - eps
