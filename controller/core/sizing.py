@@ -42,7 +42,7 @@ def _jump(mem: forecast.Model, window_s: float) -> float:
 
 def _floods(queue: float, *, capacity_rps: float, slo_s: float) -> bool:
     """A queue holding more than the SLO's worth of work: every new request misses until it drains."""
-    return queue > 0 and queue > capacity_rps * slo_s
+    return queue > capacity_rps * slo_s  # capacity is never negative: an empty queue never floods
 
 
 def queue_arrivals(
