@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
+from controller.core import trends
 from controller.core.profiles import Profile, observe, peak_around
+from controller.core.trends import MAX_GROWTH
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
@@ -200,38 +202,6 @@ def _median(values: Sequence[float]) -> float:
     return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _lines(
-    points: Sequence[tuple[float, float]], eps: float
-) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """(value at the newest point, slope) of the least-squares lines through the points and through
-    `log(value + eps)`, in one pass (the trend and growth forecasters); None below three points."""
-    n = len(points)
-    if n < 3:
-        return None
-    t_last = points[-1][0]
-    log = math.log
-    sx = sy = sxx = sxy = sl = sxl = 0.0
-    for t, y in points:
-        x = t - t_last
-        v = log(y + eps)
-        sx += x
-        sy += y
-        sxx += x * x
-        sxy += x * y
-        sl += v
-        sxl += x * v
-    cxx = sxx - sx * sx / n
-    if cxx <= 0:
-        return None
-    slope = (sxy - sx * sy / n) / cxx
-    log_slope = (sxl - sx * sl / n) / cxx
-    return ((sy - slope * sx) / n, slope), ((sl - log_slope * sx) / n, log_slope)
-
-
-MAX_GROWTH = math.log(8.0)
-"""An exponential fit carried to the horizon multiplies demand by at most 8."""
-
-
 def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[float, ...]:
     """Each forecaster's prediction of the demand sample one horizon ahead (NaN where it has none)."""
     latest = m.samples[-1][1]
@@ -240,7 +210,7 @@ def predictions(m: Model, at: float, *, horizon_s: float, settings: Settings) ->
     level = _median([v for _, v in m.samples[level_from:]])
     base = _median([v for _, v in m.samples])
     eps = settings.floor_rps
-    line, logs = _lines(recent, eps) or (None, None)
+    line, logs = trends.lines(recent, eps) or (None, None)
     trend = max(0.0, line[0] + line[1] * horizon_s) if line is not None else math.nan
     growth = (
         max(0.0, math.exp(logs[0] + min(MAX_GROWTH, max(-MAX_GROWTH, logs[1] * horizon_s))) - eps)
@@ -380,15 +350,6 @@ def _regime(predicted: tuple[float, ...], eps: float) -> int:
     return 1 if math.log(latest + eps) - math.log(base + eps) > ELEVATED else 0
 
 
-def _climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, window_s: float) -> float:
-    """The latest demand carried to the horizon by its climb over the last rate window (at least three
-    samples): a step in arrivals climbs for one window and then stops, a ramp goes on climbing."""
-    recent = samples[bisect.bisect_left(samples, at - window_s, key=_time) :]
-    fit = _lines(recent if len(recent) >= 3 else samples[-3:], 1.0)
-    latest = samples[-1][1]
-    return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
-
-
 _TREND, _GROWTH = SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH)
 
 
@@ -402,7 +363,7 @@ def _highest(
     line = max((p for p in predicted[_TREND : _GROWTH + 1] if not math.isnan(p)), default=0.0)
     if line <= rest:
         return rest
-    return max(rest, min(line, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
+    return max(rest, min(line, trends.climb(m.samples, at, horizon_s, settings.rate_window_s)))
 
 
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
@@ -450,7 +411,7 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
         cold = max(p for p in predicted[:_TREND] if not math.isnan(p))
         trend = predicted[_TREND]
         if not math.isnan(trend):
-            cold = max(cold, min(trend, _climb(m.samples, at, horizon_s, settings.rate_window_s)))
+            cold = max(cold, min(trend, trends.climb(m.samples, at, horizon_s, settings.rate_window_s)))
         bound = (cold + eps) * math.exp(settings.cold_margin) - eps
         return Forecast(latest, cold, bound, None, settings.cold_margin), m
     slack, source, expected, margin = best

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from controller.core import forecast
+from controller.core import trends
 
 
 def _fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
@@ -34,7 +34,7 @@ def test_one_pass_equals_a_fit_of_the_values_and_one_of_their_logs() -> None:
         start = rng.uniform(0, 1e6)
         points = [(start + 15.0 * i, rng.choice((0.0, rng.uniform(0, 5e4)))) for i in range(n)]
         eps = rng.uniform(0.5, 20.0)
-        lines = forecast._lines(points, eps)
+        lines = trends.lines(points, eps)
         plain = _fit(points)
         logs = _fit([(t, math.log(v + eps)) for t, v in points])
         if plain is None:
@@ -44,4 +44,4 @@ def test_one_pass_equals_a_fit_of_the_values_and_one_of_their_logs() -> None:
 
 
 def test_samples_at_one_time_have_no_line() -> None:
-    assert forecast._lines([(5.0, 1.0)] * 4, 1.0) is None
+    assert trends.lines([(5.0, 1.0)] * 4, 1.0) is None

@@ -1,0 +1,55 @@
+"""What the shape of recent demand says about the horizon: lines through it, and how far it still climbs.
+
+A windowed rate turns a step in arrivals into a climb one rate window long, and then stops; a ramp goes
+on climbing. These tell the two apart from the samples alone, so that a cold start carries a ramp to the
+horizon without buying capacity for a step that has already ended.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from operator import itemgetter
+
+_time = itemgetter(0)
+
+MAX_GROWTH = math.log(8.0)
+"""An exponential fit carried to the horizon multiplies demand by at most 8."""
+
+
+def lines(
+    points: Sequence[tuple[float, float]], eps: float
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(value at the newest point, slope) of the least-squares lines through the points and through
+    `log(value + eps)`, in one pass (the trend and growth forecasters); None below three points."""
+    n = len(points)
+    if n < 3:
+        return None
+    t_last = points[-1][0]
+    log = math.log
+    sx = sy = sxx = sxy = sl = sxl = 0.0
+    for t, y in points:
+        x = t - t_last
+        v = log(y + eps)
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+        sl += v
+        sxl += x * v
+    cxx = sxx - sx * sx / n
+    if cxx <= 0:
+        return None
+    slope = (sxy - sx * sy / n) / cxx
+    log_slope = (sxl - sx * sl / n) / cxx
+    return ((sy - slope * sx) / n, slope), ((sl - log_slope * sx) / n, log_slope)
+
+
+def climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, window_s: float) -> float:
+    """The latest demand carried to the horizon by its climb over the last rate window (at least three
+    samples): a step in arrivals climbs for one window and then stops, a ramp goes on climbing."""
+    recent = samples[bisect.bisect_left(samples, at - window_s, key=_time) :]
+    fit = lines(recent if len(recent) >= 3 else samples[-3:], 1.0)
+    latest = samples[-1][1]
+    return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
