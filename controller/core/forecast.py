@@ -194,6 +194,13 @@ class Forecast:
     follows: bool = True
     """Following the latest level has been about as good as the best forecaster: this workload's jumps
     have lasted (where they revert, the base level does better, and a jump is not chased)."""
+    held_rps: float | None = None
+    """The part of the bound whose capacity is held against release, where it is not all of it:
+    capacity bought ahead of a growth is wanted only while the growth lasts."""
+
+    @property
+    def held(self) -> float:
+        return self.bound_rps if self.held_rps is None else self.held_rps
 
 
 def _median(values: Sequence[float]) -> float:
@@ -366,6 +373,36 @@ def _highest(
     return max(rest, min(line, trends.climb(m.samples, at, horizon_s, settings.rate_window_s)))
 
 
+def _cold(
+    m: Model, predicted: tuple[float, ...], at: float, horizon_s: float, settings: Settings
+) -> Forecast:
+    """Too few errors to judge any forecaster: the highest of the latest, robust, base and recent levels,
+    and of the linear trend while demand still climbs; while demand grows exponentially (a flash crowd),
+    that growth carried over the horizon.
+
+    Unjudged, the exponential fit is too wild to take whole, so only the growth every recent rate window
+    showed is carried; and capacity bought for it, or for the trend beside it, is wanted only while the
+    growth lasts (`held_rps` leaves it out). A step in arrivals reaches a windowed rate as a climb one
+    window long: carried on after it stopped, it would buy capacity for a level that never comes."""
+    eps, latest = settings.floor_rps, m.samples[-1][1]
+    level = max(p for p in predicted[:_TREND] if not math.isnan(p))
+    expected = level
+    if not math.isnan(predicted[_TREND]):
+        climb = trends.climb(m.samples, at, horizon_s, settings.rate_window_s)
+        expected = max(level, min(predicted[_TREND], climb))
+    growth = trends.sure_growth(
+        m.samples, at, horizon_s, window_s=settings.rate_window_s,
+        trend_window_s=settings.trend_window_s, eps=eps,
+    )  # fmt: skip
+    held = level if growth > latest else expected
+    expected = max(expected, growth)
+    lift = math.exp(settings.cold_margin)
+    return Forecast(
+        latest, expected, (expected + eps) * lift - eps, None, settings.cold_margin,
+        held_rps=(held + eps) * lift - eps,
+    )  # fmt: skip
+
+
 def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
     """The bound to plan for, and the model with this tick's predictions pending."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
@@ -403,17 +440,7 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     m = Model(m.samples, pending, m.errors, m.blocks, tuple(tails), m.profiles, m.peaks, m.queue)
     latest = m.samples[-1][1]
     if best is None:
-        # Too few errors to judge any forecaster: the highest of the latest, robust, base and recent
-        # levels, and of the linear trend while demand still climbs (the exponential one, carried over a
-        # whole horizon from a few samples, is too wild unjudged). A step in arrivals reaches a windowed
-        # rate as a climb one window long: carried on after it stopped, it would buy capacity for a
-        # level that never comes.
-        cold = max(p for p in predicted[:_TREND] if not math.isnan(p))
-        trend = predicted[_TREND]
-        if not math.isnan(trend):
-            cold = max(cold, min(trend, trends.climb(m.samples, at, horizon_s, settings.rate_window_s)))
-        bound = (cold + eps) * math.exp(settings.cold_margin) - eps
-        return Forecast(latest, cold, bound, None, settings.cold_margin), m
+        return _cold(m, predicted, at, horizon_s, settings), m
     slack, source, expected, margin = best
     # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
     # far above that peak from a level that already includes it: the margin covers surprises up to what

@@ -196,6 +196,8 @@ class Cause(enum.StrEnum):
     MIN_NODES = "min_nodes"
     BACKLOG = "backlog"
     """Extra capacity to drain a queue that built up."""
+    GROWTH = "growth"
+    """Capacity bought ahead of a sustained exponential growth, wanted only while it lasts."""
     DEMAND = "demand"
     """The forecast demand's bound, as planned."""
 

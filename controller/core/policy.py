@@ -7,7 +7,8 @@ One model, three steps:
 - forecast (`forecast.py`): per workload, the demand one horizon ahead (the boot, the next tick, the
   rate window's lag) and a bound that covers `slo_target` of this workload's own forecast surprises;
 - plan (`sizing.py`): GPUs that carry that bound, plus what a standing queue needs to drain;
-- release (`release.py`): idle burst GPUs are kept until keeping them has cost a relaunch;
+- release (`release.py`): idle burst GPUs are kept until keeping them has cost a relaunch, and those
+  bought ahead of a growth (a cold start's flash crowd) for a rate window after it stops;
 then the limits (`limits.py`) and the spread over pools (`capacity.py`).
 """
 
@@ -68,6 +69,9 @@ class PolicyState:
     recommendations: tuple[tuple[float, int], ...] = ()
     """(seen seconds, burst GPUs wanted) over the keep window."""
     clock: release.Clock | None = None
+    growth: tuple[tuple[float, int], ...] = ()
+    """(seen seconds, burst GPUs wanted with those bought ahead of a growth) over the last rate window:
+    capacity ordered for a growth goes soon after the growth stops, but not on a single flat sample."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +135,14 @@ def _hold(inputs: DecisionInputs, state: PolicyState) -> tuple[model.Decision, P
 
 
 def _cause(
-    limited: limits.Limited, inputs: DecisionInputs, *, kept: int, wanted: int, backlog: int, short: bool
+    limited: limits.Limited,
+    inputs: DecisionInputs,
+    *,
+    kept: int,
+    wanted: int,
+    ahead: int,
+    backlog: int,
+    short: bool,
 ) -> model.Cause:
     if limited.cause is model.Cause.BUDGET:
         return limited.cause
@@ -139,9 +150,11 @@ def _cause(
         return model.Cause.CAPACITY_REFUSED
     if short or limited.cause is model.Cause.MAX_NODES:
         return model.Cause.MAX_NODES
-    if kept > wanted:
+    if kept > wanted + ahead:
         return model.Cause.STABILIZATION
-    return limited.cause or (model.Cause.BACKLOG if backlog else model.Cause.DEMAND)
+    if limited.cause:
+        return limited.cause
+    return model.Cause.BACKLOG if backlog else model.Cause.GROWTH if ahead else model.Cause.DEMAND
 
 
 def _needs(
@@ -182,9 +195,12 @@ def decide(
     have = sum(inputs.active.get(p.name, 0) * p.gpus_per_node for p in inputs.pools)
     keep_s = policy.keep_factor * boot + policy.horizon_extra_s
     held, history = release.hold(state.recommendations, clock, wanted=wanted, keep_s=keep_s)
-    kept = max(wanted, min(have, held))
+    ahead = sum(n.ahead_gpus for n in needs)
+    window_s = max((inputs.metrics[w.name].window_s for w in inputs.workloads), default=0.0)
+    growing, growth = release.hold(state.growth, clock, wanted=wanted + ahead, keep_s=window_s)
+    kept = max(wanted, min(have, held), growing)
     reasons = [n.reason for n in needs]
-    if kept > wanted:
+    if kept > wanted + ahead:
         reasons.append(f"scale-down stabilization: keeping {kept} burst GPUs until idle for a boot")
     reasons.extend(f"{p}: unavailable (capacity refused), falling back" for p in sorted(inputs.unavailable))
     room = {
@@ -215,7 +231,13 @@ def decide(
         forecast_rps={name: n.forecast.bound_rps for name, n in by_name.items()},
         reasons=tuple(reasons),
         budget_binding=limited.budget_binding,
-        cause=_cause(limited, inputs, kept=kept, wanted=wanted, backlog=backlog, short=short),
-        figures={"wanted_burst_gpus": wanted, "kept_burst_gpus": kept, "backlog_gpus": backlog},
+        cause=_cause(limited, inputs, kept=kept, wanted=wanted, ahead=ahead, backlog=backlog, short=short),
+        figures={
+            "wanted_burst_gpus": wanted,
+            "ahead_gpus": ahead,
+            "kept_burst_gpus": kept,
+            "backlog_gpus": backlog,
+        },
     )
-    return decision, PolicyState(models=models, recommendations=history, clock=clock)
+    state = PolicyState(models=models, recommendations=history, clock=clock, growth=growth)
+    return decision, state

@@ -3,7 +3,8 @@
 Capacity bought now serves only after a boot, so it is sized for the bound one horizon ahead. A
 standing queue also tells what arrives now better than a rate averaged over a window: while it grows,
 arrivals are what was served plus its growth. Capacity to drain a backlog is wanted only while the
-backlog lasts, so it is kept apart from the bound and never held.
+backlog lasts, so it is kept apart from the bound and never held; capacity bought ahead of a growth
+the forecast carries (`Forecast.held_rps`) is kept apart too, and held only briefly.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ class Need:
     """GPUs for the bound and the backlog, private included."""
     burst_gpus: int
     """Burst GPUs for the bound (what is held against release)."""
+    ahead_gpus: int
+    """Burst GPUs beyond that, bought ahead of a growth (held only while the growth lasts)."""
     backlog_gpus: int
-    """Burst GPUs beyond that, to drain a standing queue (not held)."""
+    """Burst GPUs beyond those, to drain a standing queue (not held)."""
     forecast: forecast.Forecast
     reason: str
 
@@ -87,19 +90,25 @@ def need(
     flooded = fc.follows and _floods(queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
     arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
     if flooded and arrivals > fc.expected_rps:
-        fc = replace(fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, arrivals * math.exp(fc.margin)))
+        lifted = arrivals * math.exp(fc.margin)
+        fc = replace(
+            fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, lifted), held_rps=max(fc.held, lifted)
+        )
     elif demand > fc.bound_rps:
         # Never planned below what arrives now.
-        fc = replace(fc, bound_rps=demand)
+        fc = replace(fc, bound_rps=demand, held_rps=demand)
     gpus = capacity.gpus_for(fc.bound_rps, w, utilization=utilization)
     drain = capacity.gpus_for(arrivals + queue / drain_s, w, utilization=utilization) if flooded else 0
-    burst = max(0, gpus - w.private_gpus)
-    backlog = max(0, max(gpus, drain) - w.private_gpus) - burst
+    burst = max(0, capacity.gpus_for(max(demand, fc.held), w, utilization=utilization) - w.private_gpus)
+    ahead = max(0, gpus - w.private_gpus - burst)
+    backlog = max(0, max(gpus, drain) - w.private_gpus) - burst - ahead
     source = fc.source.value if fc.source is not None else "cold start"
     reason = (
         f"{w.name}: {demand:.0f} req/s now, {fc.expected_rps:.0f} expected by +{horizon_s:.0f}s ({source}), "
         f"bound {fc.bound_rps:.0f} (x{math.exp(fc.margin):.2f}) -> {gpus} GPUs ({w.private_gpus} private)"
     )
+    if ahead:
+        reason += f"; +{ahead} GPUs ahead of the growth, while it lasts"
     if backlog:
         reason += f"; queue {queue:.0f}: +{backlog} GPUs to drain it in {drain_s:.0f}s"
-    return Need(max(gpus, drain), burst, backlog, fc, reason), mem
+    return Need(max(gpus, drain), burst, ahead, backlog, fc, reason), mem

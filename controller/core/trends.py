@@ -1,8 +1,9 @@
 """What the shape of recent demand says about the horizon: lines through it, and how far it still climbs.
 
 A windowed rate turns a step in arrivals into a climb one rate window long, and then stops; a ramp goes
-on climbing. These tell the two apart from the samples alone, so that a cold start carries a ramp to the
-horizon without buying capacity for a step that has already ended.
+on climbing, and an exponential ramp (a flash crowd) climbs by the same factor in every window. These
+tell the three apart from the samples alone, so that a cold start carries a ramp to the horizon without
+buying capacity for a step that has already ended.
 """
 
 from __future__ import annotations
@@ -53,3 +54,31 @@ def climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, w
     fit = lines(recent if len(recent) >= 3 else samples[-3:], 1.0)
     latest = samples[-1][1]
     return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
+
+
+GROWTH_WINDOWS = 3
+"""Rate windows in a row that must each show growth: a step's climb spans two at most."""
+
+
+def sure_growth(
+    samples: Sequence[tuple[float, float]],
+    at: float,
+    horizon_s: float,
+    *,
+    window_s: float,
+    trend_window_s: float,
+    eps: float,
+) -> float:
+    """The latest demand carried to the horizon by the slowest growth (in log terms) that each of the
+    last rate windows showed (three at least, or as many as the trend window holds). An exponential
+    ramp grows alike in every one; a step climbs through one window (two where it straddles them) and
+    noise rarely climbs in all of them, so neither is carried."""
+    latest = samples[-1][1]
+    slowest = MAX_GROWTH / horizon_s if horizon_s > 0 else 0.0
+    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
+        start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
+        fit = lines(samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)], eps)
+        if fit is None or fit[1][1] <= 0:
+            return latest
+        slowest = min(slowest, fit[1][1])
+    return (latest + eps) * math.exp(slowest * horizon_s) - eps

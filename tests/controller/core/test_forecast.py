@@ -152,10 +152,24 @@ def test_a_cold_start_carries_on_a_climb_but_not_a_step_that_has_ended() -> None
     ]
     assert fc.source is None and trend > 700
     assert fc.expected_rps == pytest.approx(500.0)
-    # A ramp of 1 req/s per second that goes on climbing is carried to the horizon.
+    # A ramp of 1 req/s per second that goes on climbing is carried to the horizon; it also grows in
+    # every recent window, and its latest growth carried as an exponential goes a little past the line.
     ramp = [100.0 + 15.0 * i for i in range(40)]
     _, fc = _feed(ramp, horizon_s=285.0, settings=COLD)
-    assert fc.expected_rps == pytest.approx(ramp[-1] + 285.0, rel=0.05)
+    assert ramp[-1] + 285.0 <= fc.expected_rps <= 1.1 * (ramp[-1] + 285.0)
+
+
+def test_a_cold_start_carries_a_flash_crowd_but_holds_nothing_bought_ahead_of_it() -> None:
+    doubling = [40.0 * 2 ** (15.0 * i / 200) for i in range(41)]  # ten minutes, doubling every 200 s
+    _, fc = _feed(doubling, horizon_s=245.0, settings=COLD)
+    assert fc.source is None
+    assert fc.bound_rps >= 40.0 * 2 ** ((600 + 245) / 200)
+    # Held against release: the latest level with the cold margin, none of the growth.
+    lift = math.exp(COLD.cold_margin)
+    assert fc.held_rps == pytest.approx((doubling[-1] + COLD.floor_rps) * lift - COLD.floor_rps)
+    # After a step nothing is bought ahead: all the bound is held.
+    _, fc = _feed([100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8, horizon_s=285.0, settings=COLD)
+    assert fc.held == fc.bound_rps
 
 
 def test_the_ceiling_opens_to_a_trend_line_only_as_far_as_demand_still_climbs() -> None:

@@ -131,6 +131,30 @@ def test_an_exponential_ramp_is_covered_at_the_boot_horizon() -> None:
         assert gpus(d) * FACE.gpu_rps >= flash(d.at + SPOT.boot_s), d.reasons
 
 
+def test_capacity_bought_ahead_of_a_flash_crowd_goes_within_a_rate_window_once_it_stops() -> None:
+    grow = math.log(900 / 40) / 900  # 40 -> 900 req/s in 15 minutes from t = 1800, then a plateau
+
+    def flash(t: float) -> float:
+        return 40.0 if t < 1800 else min(900.0, 40.0 * math.exp(grow * (t - 1800)))
+
+    decisions, _ = drive(flash, until=3600)
+    ramp = [d for d in decisions if 1800 <= d.at <= 2700]
+    assert any(d.cause is model.Cause.GROWTH and d.figures["ahead_gpus"] > 0 for d in ramp)
+    peak = max(sum(d.target_nodes.values()) for d in ramp)
+    stopped = next(d.at for d in decisions if d.at > 2700 and d.figures["ahead_gpus"] == 0)
+    settled = next(
+        d
+        for d in decisions
+        if d.at >= stopped and d.figures["kept_burst_gpus"] == d.figures["wanted_burst_gpus"]
+    )
+    # Within a rate window (and a tick or two) of the growth stopping, not a boot: what was bought for
+    # the level demand reached stays.
+    assert stopped <= 2700 + 2 * 60.0
+    assert settled.at - stopped <= 60.0 + 2 * 15 < SPOT.boot_s
+    assert sum(settled.target_nodes.values()) < peak
+    assert gpus(settled) * FACE.gpu_rps >= 900.0
+
+
 def test_per_minute_noise_does_not_churn_launches() -> None:
     noisy = _minute_steps(400.0, 40.0, seed=5)
     decisions = drive_big(noisy, until=4 * 3600)

@@ -1,9 +1,13 @@
-"""The one-pass trend and growth lines against two plain least-squares fits, to the last bit."""
+"""Lines through recent demand: the one-pass fits against plain least squares, and the growth carried
+to the horizon on shapes whose answer is known (an exponential ramp, a step, per-minute noise)."""
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+
+import pytest
 
 from controller.core import trends
 
@@ -45,3 +49,50 @@ def test_one_pass_equals_a_fit_of_the_values_and_one_of_their_logs() -> None:
 
 def test_samples_at_one_time_have_no_line() -> None:
     assert trends.lines([(5.0, 1.0)] * 4, 1.0) is None
+
+
+def _windowed(arrivals: Callable[[float], float], t: float, window_s: float = 60.0) -> float:
+    """The rate a window of `window_s` shows at t (arrivals integrated per second)."""
+    return sum(arrivals(t - window_s + s + 0.5) for s in range(int(window_s))) / window_s
+
+
+def _samples(
+    arrivals: Callable[[float], float], until: float, window_s: float = 60.0
+) -> list[tuple[float, float]]:
+    return [(t, _windowed(arrivals, t, window_s)) for t in range(0, int(until) + 1, 15)]
+
+
+def _sure(samples: list[tuple[float, float]], horizon_s: float = 245.0, window_s: float = 60.0) -> float:
+    at = samples[-1][0]
+    return trends.sure_growth(samples, at, horizon_s, window_s=window_s, trend_window_s=300.0, eps=25.0)
+
+
+def test_an_exponential_ramp_is_carried_to_the_horizon_by_its_growth() -> None:
+    doubling = lambda t: 40.0 * 2 ** (t / 200)  # noqa: E731 - a flash crowd: doubling every 200 s
+    samples = _samples(doubling, 600)
+    latest = samples[-1][1]
+    # Carried by the growth the earliest window showed (eps weighs most there): a little under
+    # the 2^(245/200) = 2.34x the ramp reaches, far above what a line would carry it to.
+    assert 2.0 * latest < _sure(samples) <= latest * 2 ** (245 / 200)
+
+
+@pytest.mark.parametrize("window_s", [60.0, 120.0])
+def test_a_step_through_a_rate_window_is_never_carried(window_s: float) -> None:
+    # A 120 s window fits twice in the five-minute trend window: a climb straddling both is still a step.
+    step = lambda t: 100.0 if t < 600 else 500.0  # noqa: E731
+    for until in range(600, 1200, 15):
+        samples = _samples(step, until, window_s)
+        assert _sure(samples, window_s=window_s) == samples[-1][1], until
+
+
+def test_per_minute_noise_is_rarely_carried_and_never_far() -> None:
+    rng = random.Random(7)
+    minutes = [200.0 * math.exp(rng.gauss(0.0, 0.22)) for _ in range(24 * 60)]
+    samples = _samples(lambda t: minutes[int(t // 60) % len(minutes)], 6 * 3600)
+    carried = [
+        _sure(samples[: i + 1]) / samples[i][1]
+        for i in range(20, len(samples))
+        if _sure(samples[: i + 1]) > samples[i][1]
+    ]
+    assert len(carried) < 0.05 * len(samples)
+    assert max(carried, default=1.0) < 2.0
