@@ -27,10 +27,20 @@ def test_every_shipped_scenario_loads_with_its_trace() -> None:
 def test_the_held_out_scenarios_in_docs_load_as_the_readme_describes() -> None:
     heldout = Path(__file__).resolve().parents[3] / "docs" / "heldout"
     names = sorted(p.stem for p in heldout.glob("*.yaml"))
-    assert names == ["diurnal-30s", "flash-slowboot", "step-fastboot", "wc-early", "wc-final-fastboot"]
+    assert names == [
+        "diurnal-30s",
+        "flash-fast",
+        "flash-slowboot",
+        "step-fastboot",
+        "wc-early",
+        "wc-final-fastboot",
+    ]
     early = scenario.load(str(heldout / "wc-early.yaml"))
     assert early.duration_s == 20 * 86400 and early.private_gpus == 8
     assert scenario.peak_window_rate(early.arrivals, 60) == pytest.approx(600.0)
+    flash = scenario.load(str(heldout / "flash-fast.yaml"))
+    assert flash.duration_s == 3 * 3600 and {p.spec.boot_s for p in flash.pools} == {200}
+    assert scenario.peak_window_rate(flash.arrivals, 60) == pytest.approx(900.0, rel=0.02)
     fast = scenario.load(str(heldout / "wc-final-fastboot.yaml"))
     assert (fast.scrape_interval_s, fast.rate_window_s) == (30, 120)
     assert {p.spec.boot_s for p in fast.pools} == {120}
