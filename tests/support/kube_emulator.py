@@ -363,8 +363,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def expire_watches(self) -> None:
         """Compact the history (a resume from any version seen so far gets 410 Gone) and end every open
-        watch with a 410 ERROR event, as an API server does when etcd compacted past a watcher."""
-        self._compacted = self._rv + 1
+        watch with a 410 ERROR event, as an API server does when etcd compacted past a watcher.
+
+        Compaction past a watcher means the store has moved on (writes elsewhere): the revision advances,
+        so a fresh list returns a version a watch can resume from, as a real server's list does."""
+        self._rv += 1
+        self._compacted = self._rv
         self._history.clear()
         for queue in self._watchers:
             queue.put_nowait("expire")
