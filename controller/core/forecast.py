@@ -376,30 +376,26 @@ def _highest(
 def _cold(
     m: Model, predicted: tuple[float, ...], at: float, horizon_s: float, settings: Settings
 ) -> Forecast:
-    """Too few errors to judge any forecaster: the highest of the latest, robust, base and recent levels,
-    and of the linear trend while demand still climbs; while demand grows exponentially (a flash crowd),
-    that growth carried over the horizon.
+    """Too few errors to judge any forecaster: the highest of the latest, robust, base and recent levels;
+    while demand grows exponentially (a flash crowd), that growth carried over the horizon.
 
     Unjudged, the exponential fit is too wild to take whole, so only the growth every recent rate window
-    showed is carried; and capacity bought for it, or for the trend beside it, is wanted only while the
-    growth lasts (`held_rps` leaves it out). A step in arrivals reaches a windowed rate as a climb one
-    window long: carried on after it stopped, it would buy capacity for a level that never comes."""
+    showed is carried, and capacity bought for it is wanted only while the growth lasts (`held_rps`
+    leaves it out). A straight line is not carried: a step in arrivals reaches a windowed rate as a climb
+    one window long, and a line through that climb, carried over a horizon several windows long, buys
+    capacity for a level that never comes; a ramp that goes on climbing grows in every window, and is
+    carried by its growth."""
     eps, latest = settings.floor_rps, m.samples[-1][1]
     level = max(p for p in predicted[:_TREND] if not math.isnan(p))
-    expected = level
-    if not math.isnan(predicted[_TREND]):
-        climb = trends.climb(m.samples, at, horizon_s, settings.rate_window_s)
-        expected = max(level, min(predicted[_TREND], climb))
     growth = trends.sure_growth(
         m.samples, at, horizon_s, window_s=settings.rate_window_s,
         trend_window_s=settings.trend_window_s, eps=eps,
     )  # fmt: skip
-    held = level if growth > latest else expected
-    expected = max(expected, growth)
+    expected = max(level, growth)
     lift = math.exp(settings.cold_margin)
     return Forecast(
         latest, expected, (expected + eps) * lift - eps, None, settings.cold_margin,
-        held_rps=(held + eps) * lift - eps,
+        held_rps=(level + eps) * lift - eps,
     )  # fmt: skip
 
 

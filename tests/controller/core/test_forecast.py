@@ -142,18 +142,21 @@ COLD = dataclasses.replace(SETTINGS, min_errors=1e9, rate_window_s=60.0)
 """No forecaster is ever judged: every forecast is a cold start."""
 
 
-def test_a_cold_start_carries_on_a_climb_but_not_a_step_that_has_ended() -> None:
-    # A step from 100 to 500 req/s reaches a 60 s rate as a one-window climb; two minutes later the rate
-    # is flat, and a line through the last five minutes would still climb (to ~880 by +285 s).
-    step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8
-    m, fc = _feed(step, horizon_s=285.0, settings=COLD)
-    trend = forecast.predictions(m, (len(step) - 1) * 15.0, horizon_s=285.0, settings=COLD)[
-        forecast.SOURCES.index(forecast.Source.TREND)
-    ]
-    assert fc.source is None and trend > 700
-    assert fc.expected_rps == pytest.approx(500.0)
-    # A ramp of 1 req/s per second that goes on climbing is carried to the horizon; it also grows in
-    # every recent window, and its latest growth carried as an exponential goes a little past the line.
+def test_a_cold_start_carries_a_ramp_but_not_the_climb_a_step_leaves_in_a_windowed_rate() -> None:
+    # A step from 100 to 500 req/s reaches a 60 s rate as a one-window climb. Half a window after it
+    # stopped, the lines through the last window and the last five minutes still climb (to ~1,500 and
+    # ~740 req/s by +285 s); the cold start plans for what is there.
+    step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0]
+    for flat in (2, 8):
+        m, fc = _feed(step + [500.0] * flat, horizon_s=285.0, settings=COLD)
+        at = (len(step) + flat - 1) * 15.0
+        trend = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)[
+            forecast.SOURCES.index(forecast.Source.TREND)
+        ]
+        assert fc.source is None and trend > 700
+        assert fc.expected_rps == pytest.approx(500.0)
+    # A ramp of 1 req/s per second that goes on climbing grows in every recent window: its latest growth,
+    # carried as an exponential, reaches the line at the horizon and goes a little past it.
     ramp = [100.0 + 15.0 * i for i in range(40)]
     _, fc = _feed(ramp, horizon_s=285.0, settings=COLD)
     assert ramp[-1] + 285.0 <= fc.expected_rps <= 1.1 * (ramp[-1] + 285.0)
