@@ -360,17 +360,23 @@ def _regime(predicted: tuple[float, ...], eps: float) -> int:
 _TREND, _GROWTH = SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH)
 
 
+def _growth(m: Model, at: float, horizon_s: float, settings: Settings) -> float:
+    return trends.sure_growth(
+        m.samples, at, horizon_s, window_s=settings.rate_window_s,
+        trend_window_s=settings.trend_window_s, eps=settings.floor_rps,
+    )  # fmt: skip
+
+
 def _highest(
     m: Model, predicted: tuple[float, ...], at: float, horizon_s: float, settings: Settings
 ) -> float:
-    """The highest prediction, a trend line's carried only as far as demand still climbs: fitted over
-    minutes that straddle a step or a burst's start, a line goes on climbing after demand has stopped."""
+    """The highest prediction of the levels and profiles, or the latest demand carried by a growth every
+    recent rate window showed: a line through minutes of noise, or through the climb a step leaves in
+    a windowed rate, goes on climbing where demand does not, and would open the ceiling for every
+    surprise learned on the way up; a ramp that goes on climbing grows in every window."""
     others = predicted[:_TREND] + predicted[_GROWTH + 1 :]
     rest = max((p for p in others if not math.isnan(p)), default=0.0)
-    line = max((p for p in predicted[_TREND : _GROWTH + 1] if not math.isnan(p)), default=0.0)
-    if line <= rest:
-        return rest
-    return max(rest, min(line, trends.climb(m.samples, at, horizon_s, settings.rate_window_s)))
+    return max(rest, _growth(m, at, horizon_s, settings))
 
 
 def _cold(
@@ -387,11 +393,7 @@ def _cold(
     carried by its growth."""
     eps, latest = settings.floor_rps, m.samples[-1][1]
     level = max(p for p in predicted[:_TREND] if not math.isnan(p))
-    growth = trends.sure_growth(
-        m.samples, at, horizon_s, window_s=settings.rate_window_s,
-        trend_window_s=settings.trend_window_s, eps=eps,
-    )  # fmt: skip
-    expected = max(level, growth)
+    expected = max(level, _growth(m, at, horizon_s, settings))
     lift = math.exp(settings.cold_margin)
     return Forecast(
         latest, expected, (expected + eps) * lift - eps, None, settings.cold_margin,
@@ -440,8 +442,8 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     slack, source, expected, margin = best
     # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
     # far above that peak from a level that already includes it: the margin covers surprises up to what
-    # demand reached lately or what some forecaster now predicts (a ramp's trend, as far as demand still
-    # climbs), plus a little.
+    # demand reached lately, what a level or a profile now predicts, or where a growth seen in every
+    # recent window goes (and the chosen forecaster's own prediction), plus a little.
     highest = _highest(m, predicted, at, horizon_s, settings)
     ceiling = (max(expected, highest, peak(m)) + eps) * math.exp(settings.peak_margin)
     bound = max(0.0, min((expected + eps) * math.exp(margin), ceiling) - eps)

@@ -1,9 +1,9 @@
-"""What the shape of recent demand says about the horizon: lines through it, and how far it still climbs.
+"""What the shape of recent demand says about the horizon: lines through it, and whether it still grows.
 
 A windowed rate turns a step in arrivals into a climb one rate window long, and then stops; a ramp goes
-on climbing, and an exponential ramp (a flash crowd) climbs by the same factor in every window. These
-tell the three apart from the samples alone, so that a cold start carries a ramp to the horizon without
-buying capacity for a step that has already ended.
+on climbing, and an exponential ramp (a flash crowd) climbs by the same factor in every window. Growth
+seen in every recent window tells a ramp from a step with the samples alone, so that a cold start
+carries a ramp to the horizon without buying capacity for a step that has already ended.
 """
 
 from __future__ import annotations
@@ -45,15 +45,6 @@ def lines(
     slope = (sxy - sx * sy / n) / cxx
     log_slope = (sxl - sx * sl / n) / cxx
     return ((sy - slope * sx) / n, slope), ((sl - log_slope * sx) / n, log_slope)
-
-
-def climb(samples: Sequence[tuple[float, float]], at: float, horizon_s: float, window_s: float) -> float:
-    """The latest demand carried to the horizon by its climb over the last rate window (at least three
-    samples): a step in arrivals climbs for one window and then stops, a ramp goes on climbing."""
-    recent = samples[bisect.bisect_left(samples, at - window_s, key=_time) :]
-    fit = lines(recent if len(recent) >= 3 else samples[-3:], 1.0)
-    latest = samples[-1][1]
-    return latest if fit is None else max(latest, fit[0][0] + max(0.0, fit[0][1]) * horizon_s)
 
 
 GROWTH_WINDOWS = 3

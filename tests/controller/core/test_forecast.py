@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import pytest
 
@@ -175,7 +176,7 @@ def test_a_cold_start_carries_a_flash_crowd_but_holds_nothing_bought_ahead_of_it
     assert fc.held == fc.bound_rps
 
 
-def test_the_ceiling_opens_to_a_trend_line_only_as_far_as_demand_still_climbs() -> None:
+def test_the_ceiling_opens_to_a_growth_every_recent_window_showed_not_to_a_line() -> None:
     # The same step: the line through the last five minutes still climbs past 700 req/s, demand does
     # not; the ceiling a judged margin is held under stays at the plateau (x e^peak_margin).
     step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8
@@ -184,13 +185,26 @@ def test_the_ceiling_opens_to_a_trend_line_only_as_far_as_demand_still_climbs() 
     predicted = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)
     assert predicted[forecast.SOURCES.index(forecast.Source.TREND)] > 700
     assert forecast._highest(m, predicted, at, 285.0, COLD) == pytest.approx(500.0)
-    # On a ramp that goes on climbing, the line is what the ceiling opens to.
+    # Per-minute noise (+-22 %): a line through the last five minutes climbs past the highest level on
+    # a third of the ticks; the ceiling never follows it there (a line carried as far as the last
+    # window climbed opened it on 14 of 130 ticks, by up to 31 %).
+    rng = random.Random(11)
+    noisy = [v for _ in range(40) for v in [400.0 * rng.uniform(0.78, 1.22)] * 4]
+    lifted = 0
+    for end in range(30, len(noisy)):
+        m, _ = _feed(noisy[:end], horizon_s=285.0, settings=COLD)
+        at = (end - 1) * 15.0
+        predicted = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)
+        rest = max(predicted[: forecast.SOURCES.index(forecast.Source.TREND)])
+        lifted += predicted[forecast.SOURCES.index(forecast.Source.TREND)] > rest
+        assert forecast._highest(m, predicted, at, 285.0, COLD) == pytest.approx(rest)
+    assert lifted > 30
+    # On a ramp that goes on climbing, its growth is what the ceiling opens to.
     ramp = [100.0 + 15.0 * i for i in range(40)]
     m, _ = _feed(ramp, horizon_s=285.0, settings=COLD)
     at = (len(ramp) - 1) * 15.0
     predicted = forecast.predictions(m, at, horizon_s=285.0, settings=COLD)
-    highest = forecast._highest(m, predicted, at, 285.0, COLD)
-    assert highest == pytest.approx(ramp[-1] + 285.0, rel=0.05) and highest > ramp[-1] + 200
+    assert forecast._highest(m, predicted, at, 285.0, COLD) >= ramp[-1] + 285.0
 
 
 def test_the_recent_forecaster_predicts_the_highest_sample_of_the_last_horizon() -> None:
