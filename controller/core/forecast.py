@@ -444,8 +444,11 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     # far above that peak from a level that already includes it: the margin covers surprises up to what
     # demand reached lately, what a level or a profile now predicts, or where a growth seen in every
     # recent window goes (and the chosen forecaster's own prediction), plus a little.
-    highest = _highest(m, predicted, at, horizon_s, settings)
-    ceiling = (max(expected, highest, peak(m)) + eps) * math.exp(settings.peak_margin)
-    bound = max(0.0, min((expected + eps) * math.exp(margin), ceiling) - eps)
+    lift = math.exp(settings.peak_margin)
+    uncapped = (expected + eps) * math.exp(margin)
+    ceiling = (max(expected, peak(m)) + eps) * lift
+    if uncapped > ceiling:  # the other predictions only lift the ceiling: asked only where it binds
+        ceiling = max(ceiling, (_highest(m, predicted, at, horizon_s, settings) + eps) * lift)
+    bound = max(0.0, min(uncapped, ceiling) - eps)
     follows = latest_slack is None or latest_slack <= slack + ERROR_BIN
     return Forecast(latest, expected, bound, source, margin, follows), m

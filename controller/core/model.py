@@ -197,7 +197,7 @@ class Cause(enum.StrEnum):
     BACKLOG = "backlog"
     """Extra capacity to drain a queue that built up."""
     GROWTH = "growth"
-    """Capacity bought ahead of a sustained exponential growth, wanted only while it lasts."""
+    """Capacity bought ahead of a growth every recent rate window showed, wanted only while it lasts."""
     DEMAND = "demand"
     """The forecast demand's bound, as planned."""
 
