@@ -446,8 +446,11 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     # recent window goes (and the chosen forecaster's own prediction), plus a little.
     lift = math.exp(settings.peak_margin)
     uncapped = (expected + eps) * math.exp(margin)
-    ceiling = (max(expected, peak(m)) + eps) * lift
-    if uncapped > ceiling:  # the other predictions only lift the ceiling: asked only where it binds
+    ceiling = (expected + eps) * lift
+    # The peak and the other predictions only lift the ceiling: asked only where it binds.
+    if uncapped > ceiling:
+        ceiling = max(ceiling, (peak(m) + eps) * lift)
+    if uncapped > ceiling:
         ceiling = max(ceiling, (_highest(m, predicted, at, horizon_s, settings) + eps) * lift)
     bound = max(0.0, min(uncapped, ceiling) - eps)
     follows = latest_slack is None or latest_slack <= slack + ERROR_BIN

@@ -214,9 +214,12 @@ class Reconciler:
         self._replicas_set[(workload, pool)] = (replicas, at)
 
 
+NO_OVERRIDES = ports.Overrides()
+
+
 def overridden(setup: Setup, overrides: ports.Overrides) -> Setup:
     """The setup with the operator's overrides applied; they only ever lower a limit."""
-    if overrides == ports.Overrides():
+    if overrides == NO_OVERRIDES:
         return setup
     pools = tuple(
         dataclasses.replace(p, max_nodes=min(p.max_nodes, overrides.max_nodes[p.name]))
