@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from controller.runtime import errors, policy_file
-from controller.sim import contenders, engine, plot, report, scenario
+from controller.sim import compiled, contenders, engine, plot, report, scenario
 
 
 def register(sub: Any) -> None:
@@ -108,7 +108,11 @@ def bench(args: argparse.Namespace) -> int:
     names = contenders.parse_names(args.policies)
     burst_policy = policy_file.load()
     rows = []
-    print(f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per contender (median)")
+    core = "compiled (mypyc)" if compiled.active() else "Python (`make bench` compiles it)"
+    print(
+        f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per contender (median); "
+        f"core: {core}"
+    )
     for name in names:
         walls, cpus = [], []
         for _ in range(args.repeat):
@@ -134,6 +138,15 @@ def bench(args: argparse.Namespace) -> int:
         )
     if args.json_out:
         args.json_out.write_text(
-            json.dumps({"scenario": sc.name, "duration_s": sc.duration_s, "results": rows}, indent=2) + "\n"
+            json.dumps(
+                {
+                    "scenario": sc.name,
+                    "duration_s": sc.duration_s,
+                    "compiled": compiled.active(),
+                    "results": rows,
+                },
+                indent=2,
+            )
+            + "\n"
         )
     return 0

@@ -190,8 +190,8 @@ def billing(
     for inst in instances:
         start = int(inst.launched_at)
         end = duration_s if inst.gone_at is None else math.ceil(inst.gone_at)
-        billed = max(end - start, minimum_s)
-        billed = int(math.ceil(billed / granularity_s) * granularity_s)
+        lasted = max(end - start, minimum_s)
+        billed = int(math.ceil(lasted / granularity_s) * granularity_s)
         stop = min(duration_s, start + billed)
         per_pool[inst.pool][start] += 1
         per_pool[inst.pool][stop] -= 1

@@ -62,7 +62,7 @@ class Gpuburst:
 
     def wake(self, t: int) -> None:
         if t >= self.next_tick:
-            self.next_tick = self.next_wake = t + self.tick_s
+            self.next_tick = self.next_wake = float(t + self.tick_s)
             self.reconciler.tick()
 
     def serving_gpus(self) -> int:
