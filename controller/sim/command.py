@@ -108,7 +108,8 @@ def bench(args: argparse.Namespace) -> int:
     names = contenders.parse_names(args.policies)
     burst_policy = policy_file.load()
     rows = []
-    core = "compiled (mypyc)" if compiled.active() else "Python (`make bench` compiles it)"
+    is_compiled = compiled.active()
+    core = "compiled (mypyc)" if is_compiled else "Python (`make bench` compiles it)"
     print(
         f"{sc.name}: {sc.duration_s:,} simulated seconds, {args.repeat} runs per contender (median); "
         f"core: {core}"
@@ -142,7 +143,7 @@ def bench(args: argparse.Namespace) -> int:
                 {
                     "scenario": sc.name,
                     "duration_s": sc.duration_s,
-                    "compiled": compiled.active(),
+                    "compiled": is_compiled,
                     "results": rows,
                 },
                 indent=2,

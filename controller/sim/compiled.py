@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from controller.core import forecast
+
 ROOT = Path(__file__).resolve().parents[2]
 
 MODULES: tuple[str, ...] = (
@@ -32,8 +34,6 @@ MODULES: tuple[str, ...] = (
 
 def active() -> bool:
     """Whether this process runs the compiled core (a replay's figures say which they measured)."""
-    from controller.core import forecast
-
     return not forecast.__file__.endswith(".py")
 
 
