@@ -358,6 +358,7 @@ def _regime(predicted: tuple[float, ...], eps: float) -> int:
 
 
 _TREND, _GROWTH = SOURCES.index(Source.TREND), SOURCES.index(Source.GROWTH)
+_LINES = (Source.TREND, Source.GROWTH)
 
 
 def _growth(m: Model, at: float, horizon_s: float, settings: Settings) -> float:
@@ -443,10 +444,11 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
     # far above that peak from a level that already includes it: the margin covers surprises up to what
     # demand reached lately, what a level or a profile now predicts, or where a growth seen in every
-    # recent window goes (and the chosen forecaster's own prediction), plus a little.
+    # recent window goes (and the chosen forecaster's own prediction, unless it is a line: a line
+    # through a step's climb goes on climbing on the plateau, whichever forecaster it is), plus a little.
     lift = math.exp(settings.peak_margin)
     uncapped = (expected + eps) * math.exp(margin)
-    ceiling = (expected + eps) * lift
+    ceiling = 0.0 if source in _LINES else (expected + eps) * lift
     # The peak and the other predictions only lift the ceiling: asked only where it binds.
     if uncapped > ceiling:
         ceiling = max(ceiling, (peak(m) + eps) * lift)

@@ -207,6 +207,30 @@ def test_the_ceiling_opens_to_a_growth_every_recent_window_showed_not_to_a_line(
     assert forecast._highest(m, predicted, at, 285.0, COLD) >= ramp[-1] + 285.0
 
 
+def test_a_judged_line_is_held_under_the_ceiling_too() -> None:
+    # A trend whose errors have been the smallest is chosen on the plateau after a step, where its line
+    # through the step still climbs to twice the plateau: its own prediction does not open the ceiling,
+    # which stays at the plateau (x e^peak_margin), as it does for another forecaster's line.
+    step = [100.0] * 20 + [200.0, 300.0, 400.0, 500.0] + [500.0] * 8
+    m, _ = _feed(step, horizon_s=285.0, settings=COLD)
+
+    def judged(error: float) -> forecast.Errors:
+        e = forecast.Errors()
+        for _ in range(60):
+            e = forecast.record(e, 0.0, error, block=error, half_life_s=SETTINGS.half_life_s)
+        return e
+
+    errors = tuple(
+        judged(0.0 if s is forecast.Source.TREND else 0.6)
+        for _ in range(forecast.REGIMES)
+        for s in forecast.SOURCES
+    )
+    m = dataclasses.replace(m, errors=errors, tails=())
+    fc, _ = forecast.forecast(m, (len(step) - 1) * 15.0, horizon_s=285.0, settings=SETTINGS)
+    assert fc.source is forecast.Source.TREND and fc.expected_rps > 1000
+    assert fc.bound_rps == pytest.approx((500 + 25) * math.exp(SETTINGS.peak_margin) - 25)
+
+
 def test_the_recent_forecaster_predicts_the_highest_sample_of_the_last_horizon() -> None:
     # On/off bursts: the burst 4 minutes ago is within a 285 s horizon, the one 6 minutes ago is not.
     samples = ((0.0, 900.0), (60.0, 50.0), (120.0, 700.0), (180.0, 50.0), (240.0, 50.0), (360.0, 50.0))
