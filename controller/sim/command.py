@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from controller.core import model
 from controller.runtime import errors, policy_file
 from controller.sim import compiled, contenders, engine, plot, report, scenario
 
@@ -29,6 +31,11 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=errors.output_path, dest="json_out", help="write the results as JSON")
     p.add_argument("--timeseries", type=Path, help="write one per-second CSV per contender into this folder")
     p.add_argument("--plot", type=errors.output_path, help="write a PNG of demand, capacity, nodes and cost")
+    p.add_argument(
+        "--decisions",
+        type=errors.output_path,
+        help="write gpuburst's decision at every tick as JSON lines (cause, targets, figures, reasons)",
+    )
     p.set_defaults(func=simulate)
 
     b = sub.add_parser("bench-sim", help="benchmark: simulated seconds per wall second, per contender")
@@ -47,10 +54,12 @@ def run_all(
     quiet: bool = False,
     oracle_cost: float | None = None,
     progress: Callable[[float], None] | None = None,
+    on_decision: Callable[[model.Decision], None] | None = None,
 ) -> tuple[list[engine.Run], float | None]:
     """The runs of `names` in that order, and the oracle's cost (given, run, or computed here).
 
-    `progress`, if given, hears the fraction done over all runs (0..1), beside the terminal's bar."""
+    `progress`, if given, hears the fraction done over all runs (0..1), beside the terminal's bar;
+    `on_decision` each of gpuburst's decisions."""
     burst_policy = policy_file.load(policy_path)
     runs = []
     # The oracle first: every other cost is reported against it.
@@ -73,7 +82,7 @@ def run_all(
                 if progress is not None:
                     progress((i + t / max(1, sc.duration_s)) / len(ordered))
 
-            run = contenders.run(sc, name, burst_policy=burst_policy, progress=step)
+            run = contenders.run(sc, name, burst_policy=burst_policy, progress=step, on_decision=on_decision)
         if name == "oracle":
             oracle_cost = run.cost_usd
         runs.append(run)
@@ -88,9 +97,16 @@ def run_all(
 def simulate(args: argparse.Namespace) -> int:
     sc = scenario.load(args.scenario)
     names = contenders.parse_names(args.policies)
-    runs, oracle_cost = run_all(sc, names, policy_path=args.policy_file)
+    with contextlib.ExitStack() as stack:
+        log = None
+        if args.decisions:
+            args.decisions.parent.mkdir(parents=True, exist_ok=True)
+            log = report.DecisionLog(stack.enter_context(args.decisions.open("w", encoding="utf-8")))
+        runs, oracle_cost = run_all(sc, names, policy_path=args.policy_file, on_decision=log)
     doc = report.document(sc, runs, oracle_cost=oracle_cost)
     print(report.table(doc))
+    if log is not None:
+        print(f"wrote {log.count:,} decisions to {args.decisions}")
     if args.json_out:
         report.write_json(doc, args.json_out)
         print(f"wrote {args.json_out}")

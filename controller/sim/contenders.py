@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from controller.core import policy
+from controller.core import model, policy
 from controller.runtime import errors
 from controller.sim import autoscalers, engine, fixed, gpuburst, oracle, scenario, skyserve
 from controller.sim import world as world_mod
@@ -40,9 +40,14 @@ def parse_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def factory(name: str, burst_policy: policy.BurstPolicy) -> Callable[[world_mod.World], engine.Contender]:
+def factory(
+    name: str,
+    burst_policy: policy.BurstPolicy,
+    on_decision: Callable[[model.Decision], None] | None = None,
+) -> Callable[[world_mod.World], engine.Contender]:
+    """`on_decision` hears each of gpuburst's decisions as it is made (the other contenders have none)."""
     if name == "gpuburst":
-        return functools.partial(gpuburst.Gpuburst, burst_policy=burst_policy)
+        return functools.partial(gpuburst.Gpuburst, burst_policy=burst_policy, on_decision=on_decision)
     if name == "skyserve":
         return skyserve.SkyServe
     if name == "static-peak":
@@ -63,9 +68,10 @@ def run(
     *,
     burst_policy: policy.BurstPolicy,
     progress: engine.Progress | None = None,
+    on_decision: Callable[[model.Decision], None] | None = None,
 ) -> engine.Run:
     if name == "oracle":
         return oracle.run(sc)
     if name == "lagged-oracle":
         return oracle.lagged(sc)
-    return engine.run(sc, factory(name, burst_policy), progress=progress)
+    return engine.run(sc, factory(name, burst_policy, on_decision), progress=progress)

@@ -5,7 +5,7 @@ source. What is simulated here is what runs live."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from controller.core import model, policy
 from controller.ports import fakes
@@ -20,7 +20,12 @@ class Gpuburst:
     name = "gpuburst"
     needs_concurrency = False
 
-    def __init__(self, w: world_mod.World, burst_policy: policy.BurstPolicy) -> None:
+    def __init__(
+        self,
+        w: world_mod.World,
+        burst_policy: policy.BurstPolicy,
+        on_decision: Callable[[model.Decision], None] | None = None,
+    ) -> None:
         sc = w.scenario
         self.w = w
         if sc.budget_usd_per_hour is not None:
@@ -38,6 +43,7 @@ class Gpuburst:
             capacity=fakes.FakeCapacity(w.infra),
             store=fakes.MemoryStore(keep_intents=0),
         )
+        self.on_decision = on_decision
         self.next_wake = 0.0
         self.next_tick = 0.0
 
@@ -63,7 +69,9 @@ class Gpuburst:
     def wake(self, t: int) -> None:
         if t >= self.next_tick:
             self.next_tick = self.next_wake = float(t + self.tick_s)
-            self.reconciler.tick()
+            report = self.reconciler.tick()
+            if self.on_decision is not None:
+                self.on_decision(report.decision)
 
     def serving_gpus(self) -> int:
         return self.w.scenario.private_gpus + self.w.infra.serving_gpus()

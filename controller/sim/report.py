@@ -10,10 +10,12 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
+from controller.core import model
+from controller.runtime import codec
 from controller.sim import engine, scenario
 
 TIMESERIES_COLUMNS = ("t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour")
@@ -51,6 +53,19 @@ def document(
 def write_json(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+class DecisionLog:
+    """gpuburst's decisions as JSON lines (the fields of the API's decisions), each written as it is
+    made: a long trace has millions of ticks, too many to hold."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.count = 0
+
+    def __call__(self, decision: model.Decision) -> None:
+        self.out.write(json.dumps(codec.encode(decision)) + "\n")
+        self.count += 1
 
 
 def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:

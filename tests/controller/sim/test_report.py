@@ -1,4 +1,5 @@
-"""`gpuburst simulate` end to end: the JSON agrees with the per-second timeseries it wrote."""
+"""`gpuburst simulate` end to end: the JSON agrees with the per-second timeseries it wrote, and so do
+gpuburst's decisions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.app import cli
+from controller.core import model
 from controller.sim import contenders
 from tests.controller.sim import helpers
 
@@ -49,6 +51,8 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
                 str(tmp / "ts"),
                 "--plot",
                 str(tmp / "plot.png"),
+                "--decisions",
+                str(tmp / "decisions.jsonl"),
             ]
         )
         == 0
@@ -94,3 +98,19 @@ def test_timeseries_reproduce_the_json(simulated: tuple[dict, Path]) -> None:
         assert slo == pytest.approx(result["slo_attainment"], abs=2e-3), result["policy"]
         attainments.add(round(result["slo_attainment"], 3))
     assert len(attainments) >= 3, "the scenario should separate the policies"
+
+
+def test_decisions_are_logged_every_tick_and_order_what_was_billed(simulated: tuple[dict, Path]) -> None:
+    _, tmp = simulated
+    decisions = [json.loads(line) for line in (tmp / "decisions.jsonl").read_text().splitlines()]
+    # One per tick: the controller ticks once per 15 s scrape over the 1,200 s trace.
+    assert [d["at"] for d in decisions] == [15.0 * i for i in range(1200 // 15)]
+    assert {d["cause"] for d in decisions} <= {c.value for c in model.Cause}
+    assert decisions[0]["cause"] == "unsynced", "no samples yet at t = 0: a hold, not zero load"
+    with (tmp / "ts" / "gpuburst.csv").open() as f:
+        billed = [int(r["billed_nodes"]) for r in csv.DictReader(f)]
+    ups = [d for d in decisions if d["action"] == "scale_up"]
+    assert any(300 <= d["at"] < 400 for d in ups), "the step to 60 req/s at 300 s buys capacity"
+    for d in ups:  # a node bills from the tick that ordered it
+        assert billed[int(d["at"])] == sum(d["target_nodes"].values()), d
+        assert "wanted_burst_gpus" in d["figures"] and d["reasons"]
