@@ -3,8 +3,10 @@
 Admission by estimated queue wait keeps the accepted requests' tail far below what the same load gets
 without it (within the latency SLO on a quiet host) and turns the rest away at once with 503 +
 Retry-After; with the wait budget lifted (only the queue size bounds) the same load drives the accepted
-requests' p99 far past the SLO. Latency is measured by the client from each
-request's scheduled send time, so a slow server cannot slow the load down and hide its own queueing.
+requests' p99 far past the SLO. The load is open-loop: each request is sent at its scheduled time
+whatever the server does, so a slow server cannot slow the load down and hide its own queueing.
+Latency is measured from the moment the client sends (it is printed how late its own event loop sent
+them): a busy host that delays the client must not read as server latency.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Outcome:
     transport_errors: int
     """Requests the client lost on the wire (a pooled connection closed under it: httpx's own race under
     this much concurrency on a busy host, not an answer of the service)."""
+    late_s: float
+    """How far behind its schedule the client sent its latest request (its own event loop's lag)."""
 
     @property
     def p99(self) -> float:
@@ -51,7 +55,7 @@ class Outcome:
             f"{CAPACITY_RPS:g}/s), accepted {len(self.ok_latencies)}, p50 "
             f"{np.percentile(self.ok_latencies, 50):.3f} s, p99 {self.p99:.3f} s, refused {self.refused} "
             f"(codes {sorted(self.codes)}, Retry-After {sorted(self.retry_after)}), lost on the wire "
-            f"{self.transport_errors}"
+            f"{self.transport_errors}, client up to {self.late_s:.3f} s behind schedule"
         )
 
 
@@ -76,19 +80,22 @@ async def _load(url: str, image: str) -> Outcome:
     body = {"images": [image]}
     latencies: list[float] = []
     refused, lost, retry_after, codes, other = 0, 0, set(), set(), []
+    late = 0.0
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def one(at: float) -> None:
-            nonlocal refused, lost
+            nonlocal refused, lost, late
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            sent = time.perf_counter()
+            late = max(late, sent - at)
             try:
                 response = await client.post("/v1/embed", json=body)
             except httpx.TransportError:
                 lost += 1
                 return
             if response.status_code == 200:
-                latencies.append(time.perf_counter() - at)
+                latencies.append(time.perf_counter() - sent)
             elif response.status_code == 503:
                 refused += 1
                 retry_after.add(response.headers.get("retry-after", "missing"))
@@ -102,7 +109,7 @@ async def _load(url: str, image: str) -> Outcome:
             assert (await client.post("/v1/embed", json=body)).status_code == 200
         start = time.perf_counter() + 0.2
         await asyncio.gather(*(one(start + i / OFFERED_RPS) for i in range(count)))
-    return Outcome(count, latencies, refused, retry_after, codes, other, lost)
+    return Outcome(count, latencies, refused, retry_after, codes, other, lost, late)
 
 
 def run_load(
