@@ -97,6 +97,8 @@ def run_all(
 def simulate(args: argparse.Namespace) -> int:
     sc = scenario.load(args.scenario)
     names = contenders.parse_names(args.policies)
+    if args.decisions and "gpuburst" not in names:
+        raise errors.UserError("--decisions logs gpuburst's decisions: add gpuburst to --policies")
     with contextlib.ExitStack() as stack:
         log = None
         if args.decisions:

@@ -110,6 +110,16 @@ def test_unknown_policy_name(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "'hpa'" in err and "keda+karpenter" in err
 
 
+def test_a_decision_log_without_gpuburst_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = helpers.write(tmp_path, [1, 2])
+    log = tmp_path / "decisions.jsonl"
+    argv = ["simulate", "--scenario", str(path), "--policies", "hpa+ca", "--decisions", str(log)]
+    err = _fails(argv, capsys)
+    assert "add gpuburst to --policies" in err and not log.exists()
+
+
 def test_unknown_scenario_name_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
     err = _fails(["simulate", "--scenario", "flash"], capsys)
     assert "flash-crowd" in err and "step-spike" in err
