@@ -30,7 +30,9 @@ def register(sub: Any) -> None:
     p.add_argument("--policy-file", type=Path, default=policy_file.DEFAULT, help="burst policy for gpuburst")
     p.add_argument("--json", type=errors.output_path, dest="json_out", help="write the results as JSON")
     p.add_argument("--timeseries", type=Path, help="write one per-second CSV per contender into this folder")
-    p.add_argument("--plot", type=errors.output_path, help="write a PNG of demand, capacity, nodes and cost")
+    p.add_argument(
+        "--plot", type=errors.output_path, help="write a PNG of demand, capacity, misses, nodes and cost"
+    )
     p.add_argument(
         "--decisions",
         type=errors.output_path,

@@ -50,6 +50,8 @@ class Run:
     interruptions: int
     max_burst_nodes: int
     billed_gpus: np.ndarray
+    missed: np.ndarray
+    """Requests per second that missed the SLO (served late or dropped): where the attainment was lost."""
 
     @property
     def slo_attainment(self) -> float:
@@ -78,6 +80,7 @@ def run(
     n = sc.duration_s
     arrivals = sc.arrivals.tolist()
     ready = [0] * n
+    missed = [0.0] * n
     q = w.queue
     infra = w.infra
     clock = w.clock
@@ -114,7 +117,7 @@ def run(
         stop = min(n, t - t % scrape + scrape, t - t % report_every + report_every)
         stop = _next_due(t, stop, contender.next_wake, next_event)
         ready[t:stop] = [gpus] * (stop - t)
-        _steady(q, arrivals[t:stop], capacity, conc if track else None)
+        _steady(q, arrivals[t:stop], capacity, conc if track else None, missed=missed, start=t)
         t = stop
     clock.t = float(max(0, n - 1))
     if progress is not None:
@@ -134,6 +137,7 @@ def run(
         billed_nodes=bill.nodes,
         usd_per_hour=bill.usd_per_hour,
         billed_gpus=bill.gpus,
+        missed=np.asarray(missed),
         arrived=q.arrived,
         met=q.met,
         dropped=q.dropped,
@@ -153,15 +157,25 @@ def _next_due(t: int, stop: int, *dues: float | None) -> int:
     return stop
 
 
-def _steady(q: queue.FluidQueue, arrivals: list[float], capacity: float, conc: list[float] | None) -> None:
-    """Seconds in which only the queue moves, at one capacity."""
-    step = q.step
-    if conc is None:
-        for a in arrivals:
+def _steady(
+    q: queue.FluidQueue,
+    arrivals: list[float],
+    capacity: float,
+    conc: list[float] | None,
+    *,
+    missed: list[float],
+    start: int,
+) -> None:
+    """Seconds in which only the queue moves, at one capacity; their misses go into `missed` from `start`."""
+    if conc is None and q.backlog <= 0.0 and max(arrivals) <= capacity:
+        step = q.step
+        for a in arrivals:  # nothing waits and nothing will: every request is met (the common case)
             step(a, capacity)
-    else:
-        for a in arrivals:
-            step(a, capacity)
+        return
+    step_missed = q.step_missed
+    for i, a in enumerate(arrivals):
+        missed[start + i] = step_missed(a, capacity)
+        if conc is not None:
             conc.append(q.last_concurrency)
 
 

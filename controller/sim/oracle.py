@@ -103,8 +103,9 @@ def run(sc: scenario.Scenario, *, lag: bool = False) -> engine.Run:
         max_alive = k
     ready = w.private_gpus + np.cumsum(ready_nodes)[:n] * gpn
     q = queue.FluidQueue(service_s=w.service_time_s, slo_s=w.slo_s, timeout_s=sc.timeout_s)
-    for a, g_ in zip(sc.arrivals.tolist(), ready.tolist(), strict=True):
-        q.step(a, g_ * w.gpu_rps)
+    missed = [
+        q.step_missed(a, g_ * w.gpu_rps) for a, g_ in zip(sc.arrivals.tolist(), ready.tolist(), strict=True)
+    ]
     return engine.Run(
         contender="lagged-oracle" if lag else "oracle",
         arrivals=sc.arrivals,
@@ -112,6 +113,7 @@ def run(sc: scenario.Scenario, *, lag: bool = False) -> engine.Run:
         billed_nodes=billed[:n],
         usd_per_hour=usd,
         billed_gpus=billed[:n] * gpn,
+        missed=np.asarray(missed),
         arrived=q.arrived,
         met=q.met,
         dropped=q.dropped,

@@ -1,4 +1,5 @@
-"""A replay as a picture: demand against each contender's serving capacity, cloud nodes, cumulative cost."""
+"""A replay as a picture: demand against each contender's serving capacity, the requests each missed,
+cloud nodes, cumulative cost."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
     # About 1,500 points across the plot, whatever the trace length.
     width = max(1, n // 1500)
     hours = np.arange(n // width if n >= width else n) * width / 3600.0
-    fig, (ax_demand, ax_nodes, ax_cost) = plt.subplots(
-        3, 1, figsize=(13, 10), sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]}
+    fig, (ax_demand, ax_missed, ax_nodes, ax_cost) = plt.subplots(
+        4, 1, figsize=(13, 12), sharex=True, gridspec_kw={"height_ratios": [3, 1.5, 2, 2]}
     )
     demand = _bucket(sc.arrivals, width)
     ax_demand.fill_between(hours, demand, color="#cccccc", label="demand (req/s)", step="mid")
@@ -67,6 +68,8 @@ def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
         cap = _bucket(run.ready_gpus * sc.workload.gpu_rps, width, "mean")
         label = f"{run.contender} (best baseline)" if run.contender == best else run.contender
         ax_demand.plot(hours, cap, lw=lw, alpha=alpha, color=color, label=f"{label} capacity")
+        # Capacity above demand can still miss while a queue drains: the misses show where.
+        ax_missed.plot(hours, _bucket(run.missed, width, "mean"), lw=lw, alpha=alpha, color=color)
         nodes = _bucket(run.billed_nodes, width, "mean")
         ax_nodes.plot(hours, nodes, lw=lw, alpha=alpha, color=color, label=label)
         cost = (np.cumsum(run.usd_per_hour) / 3600.0)[width - 1 :: width][: len(hours)]
@@ -74,11 +77,12 @@ def plot(sc: scenario.Scenario, runs: Sequence[engine.Run], path: Path) -> Path:
     ax_demand.set_ylabel("requests / s")
     ax_demand.set_title(f"{sc.name}: demand and serving capacity (bucket {width} s)")
     ax_demand.legend(loc="upper left", fontsize=8, ncol=2)
+    ax_missed.set_ylabel("missing the SLO\n(req/s)")
     ax_nodes.set_ylabel("cloud nodes billed")
     ax_cost.set_ylabel("cumulative cost (USD)")
     ax_cost.set_xlabel("hours")
     ax_cost.legend(loc="upper left", fontsize=8, ncol=2)
-    for ax in (ax_demand, ax_nodes, ax_cost):
+    for ax in (ax_demand, ax_missed, ax_nodes, ax_cost):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

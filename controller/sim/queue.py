@@ -54,6 +54,12 @@ class FluidQueue:
             return
         self._slow_step(arrivals, capacity_rps)
 
+    def step_missed(self, arrivals: float, capacity_rps: float) -> float:
+        """`step`, returning how many of the second's arrivals miss the SLO (late or dropped)."""
+        met = self.met
+        self.step(arrivals, capacity_rps)
+        return max(0.0, arrivals - (self.met - met))
+
     def _slow_step(self, a: float, c: float) -> None:
         q = self.backlog
         q_slo = self.wait_slo_s * c

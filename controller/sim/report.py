@@ -18,7 +18,7 @@ from controller.core import model
 from controller.runtime import codec
 from controller.sim import engine, scenario
 
-TIMESERIES_COLUMNS = ("t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour")
+TIMESERIES_COLUMNS = ("t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour", "missed")
 
 
 def result(run: engine.Run, *, oracle_cost: float | None) -> dict[str, Any]:
@@ -78,6 +78,7 @@ def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:
             w.writerow(TIMESERIES_COLUMNS)
             arrivals = np.round(run.arrivals, 6).tolist()
             usd = np.round(run.usd_per_hour, 6).tolist()
+            missed = np.round(run.missed, 6).tolist()
             w.writerows(
                 zip(
                     range(len(arrivals)),
@@ -85,6 +86,7 @@ def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:
                     run.ready_gpus.tolist(),
                     run.billed_nodes.tolist(),
                     usd,
+                    missed,
                     strict=True,
                 )
             )

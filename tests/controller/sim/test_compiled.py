@@ -23,7 +23,7 @@ from controller.sim import compiled, contenders, scenario
 out = {"compiled": compiled.active()}
 for name in sys.argv[1:]:
     r = contenders.run(scenario.load(name), "gpuburst", burst_policy=policy_file.load())
-    series = r.ready_gpus.tobytes() + r.billed_nodes.tobytes() + r.usd_per_hour.tobytes()
+    series = r.ready_gpus.tobytes() + r.billed_nodes.tobytes() + r.usd_per_hour.tobytes() + r.missed.tobytes()
     out[name] = [hashlib.sha256(series).hexdigest(), r.launches, r.met]
 print(json.dumps(out))
 """

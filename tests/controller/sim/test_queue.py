@@ -49,3 +49,12 @@ def test_no_capacity_drops_everything() -> None:
     q = _q()
     q.step(5.0, 0.0)
     assert q.dropped == 5.0 and q.met == 0.0
+
+
+def test_step_missed_counts_the_late_and_the_dropped_of_each_second() -> None:
+    q = _q()
+    assert q.step_missed(10.0, 10.0) == 0.0
+    assert q.step_missed(20.0, 10.0) == pytest.approx(12.0)  # 8 of 20 within the SLO, as above
+    assert q.step_missed(0.0, 10.0) == 0.0  # the backlog drains; nobody arrives to miss
+    assert q.step_missed(5.0, 0.0) == 5.0  # nothing serves: all dropped
+    assert q.arrived - q.met == pytest.approx(17.0)

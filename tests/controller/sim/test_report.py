@@ -16,13 +16,18 @@ from controller.sim import contenders
 from tests.controller.sim import helpers
 
 
-def _attainment(rows: list[dict[str, str]], *, gpu_rps: float, wait_slo: float, timeout: float) -> float:
-    """An independent replay of the service model: the fluid queue in 100 sub-steps per second."""
+def _replay(
+    rows: list[dict[str, str]], *, gpu_rps: float, wait_slo: float, timeout: float
+) -> tuple[float, list[float]]:
+    """An independent replay of the service model, the fluid queue in 100 sub-steps per second: the
+    attainment, and the requests missed in each second."""
     steps = 100
     backlog = met = total = 0.0
+    missed = []
     for row in rows:
         a = float(row["arrivals"]) / steps
         c = int(row["ready_gpus"]) * gpu_rps
+        met_before = met
         for _ in range(steps):
             total += a
             wait = backlog / c if c > 0 else math.inf
@@ -31,7 +36,8 @@ def _attainment(rows: list[dict[str, str]], *, gpu_rps: float, wait_slo: float, 
                 if wait <= wait_slo:
                     met += a
             backlog = max(0.0, backlog - c / steps)
-    return met / total
+        missed.append(a * steps - (met - met_before))
+    return met / total, missed
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +94,27 @@ def test_timeseries_reproduce_the_json(simulated: tuple[dict, Path]) -> None:
     for result in doc["results"]:
         with (tmp / "ts" / f"{result['policy']}.csv").open() as f:
             rows = list(csv.DictReader(f))
-        assert list(rows[0]) == ["t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour"]
+        assert list(rows[0]) == [
+            "t_seconds",
+            "arrivals",
+            "ready_gpus",
+            "billed_nodes",
+            "usd_per_hour",
+            "missed",
+        ]
         assert len(rows) == doc["duration_s"]
         cost = sum(float(r["usd_per_hour"]) for r in rows) / 3600
         assert cost == pytest.approx(result["cloud_cost_usd"], abs=1e-4), result["policy"]
         gpu_hours = sum(int(r["billed_nodes"]) for r in rows) / 3600
         assert gpu_hours == pytest.approx(result["burst_gpu_hours"], abs=1e-3)
-        slo = _attainment(rows, gpu_rps=10, wait_slo=0.4, timeout=30)
+        slo, missed = _replay(rows, gpu_rps=10, wait_slo=0.4, timeout=30)
         assert slo == pytest.approx(result["slo_attainment"], abs=2e-3), result["policy"]
+        # The seconds the requests were lost in: they add up to the attainment, second by second as
+        # the independent replay has them.
+        written = [float(r["missed"]) for r in rows]
+        assert sum(written) == pytest.approx(doc["requests"] * (1 - result["slo_attainment"]), abs=0.05)
+        # (100 sub-steps per second put the replay's queue within a few requests of the exact one)
+        assert all(abs(x - y) <= 3.0 for x, y in zip(written, missed, strict=True)), result["policy"]
         attainments.add(round(result["slo_attainment"], 3))
     assert len(attainments) >= 3, "the scenario should separate the policies"
 
