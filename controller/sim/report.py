@@ -18,7 +18,7 @@ from controller.core import model
 from controller.runtime import codec
 from controller.sim import engine, scenario
 
-TIMESERIES_COLUMNS = ("t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour", "missed")
+TIMESERIES_COLUMNS = ("t_seconds", "arrivals", "ready_gpus", "billed_nodes", "usd_per_hour")
 
 
 def result(run: engine.Run, *, oracle_cost: float | None) -> dict[str, Any]:
@@ -78,7 +78,6 @@ def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:
             w.writerow(TIMESERIES_COLUMNS)
             arrivals = np.round(run.arrivals, 6).tolist()
             usd = np.round(run.usd_per_hour, 6).tolist()
-            missed = np.round(run.missed, 6).tolist()
             w.writerows(
                 zip(
                     range(len(arrivals)),
@@ -86,7 +85,6 @@ def write_timeseries(runs: Sequence[engine.Run], directory: Path) -> list[Path]:
                     run.ready_gpus.tolist(),
                     run.billed_nodes.tolist(),
                     usd,
-                    missed,
                     strict=True,
                 )
             )
