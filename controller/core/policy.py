@@ -7,8 +7,9 @@ One model, three steps:
 - forecast (`forecast.py`): per workload, the demand one horizon ahead (the boot, the next tick, the
   rate window's lag) and a bound that covers `slo_target` of this workload's own forecast surprises;
 - plan (`sizing.py`): GPUs that carry that bound, plus what a standing queue needs to drain;
-- release (`release.py`): idle burst GPUs are kept until keeping them has cost a relaunch, and those
-  bought ahead of a growth (a cold start's flash crowd) for a rate window after it stops;
+- release (`release.py`): idle burst GPUs are kept until keeping them has cost a relaunch (while
+  demand declines steadily, only for a rate window), and those bought ahead of a growth (a cold
+  start's flash crowd) for a rate window after it stops;
 then the limits (`limits.py`) and the spread over pools (`capacity.py`).
 """
 
@@ -194,9 +195,12 @@ def decide(
     clock = release.advance(state.clock, inputs.at)
     have = sum(inputs.active.get(p.name, 0) * p.gpus_per_node for p in inputs.pools)
     keep_s = policy.keep_factor * boot + policy.horizon_extra_s
-    held, history = release.hold(state.recommendations, clock, wanted=wanted, keep_s=keep_s)
-    ahead = sum(n.ahead_gpus for n in needs)
     window_s = max((inputs.metrics[w.name].window_s for w in inputs.workloads), default=0.0)
+    held, history = release.hold(state.recommendations, clock, wanted=wanted, keep_s=keep_s)
+    if needs and all(n.settled is not None for n in needs):
+        settled = sum(n.settled or 0 for n in needs)
+        held = release.settle(history, clock, held, settled=settled, window_s=window_s)
+    ahead = sum(n.ahead_gpus for n in needs)
     growing, growth = release.hold(state.growth, clock, wanted=wanted + ahead, keep_s=window_s)
     kept = max(wanted, min(have, held), growing)
     reasons = [n.reason for n in needs]

@@ -5,6 +5,10 @@ while it boots. Keeping an idle node costs its price per second. Releasing a GPU
 for as long as a relaunch takes to pay for (a boot) never spends more than twice what hindsight would
 (the ski-rental bound), and a gap shorter than a boot, which hindsight would bridge, is bridged.
 
+A steady decline is the exception: demand that fell in every recent rate window, by more than the
+forecast's margin, is not about to come back, so idle capacity goes down to what the latest demand
+needs (and what was wanted over the last rate window) without waiting out the boot.
+
 The idle time is counted on a clock that runs only while decisions are made from real metrics: a
 metrics outage neither counts as, nor cuts short, the wait.
 """
@@ -44,3 +48,13 @@ def hold(
     start = bisect.bisect_right(history, clock.seen_s - keep_s, key=_first)
     history = (*history[start:], (clock.seen_s, wanted))
     return max([g for _, g in history]), history
+
+
+def settle(
+    history: tuple[tuple[float, int], ...], clock: Clock, held: int, *, settled: int, window_s: float
+) -> int:
+    """The burst GPUs to keep while demand declines steadily: the most wanted over the last rate window
+    (`history` holds this tick's), or what the latest demand needs, whichever is more; never more than
+    `held`."""
+    recent = max(g for seen_s, g in history if seen_s >= clock.seen_s - window_s)
+    return min(held, max(recent, settled))

@@ -4,7 +4,9 @@ Capacity bought now serves only after a boot, so it is sized for the bound one h
 standing queue also tells what arrives now better than a rate averaged over a window: while it grows,
 arrivals are what was served plus its growth. Capacity to drain a backlog is wanted only while the
 backlog lasts, so it is kept apart from the bound and never held; capacity bought ahead of a growth
-the forecast carries (`Forecast.held_rps`) is kept apart too, and held only briefly.
+the forecast carries (`Forecast.held_rps`) is kept apart too, and held only briefly. While demand
+declines steadily (`trends.sure_decline`), the GPUs the latest demand needs with the forecast's margin
+are what idle capacity is released down to without waiting for a return (`Need.settled`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import bisect
 import math
 from dataclasses import dataclass, replace
 
-from controller.core import capacity, forecast, model
+from controller.core import capacity, forecast, model, trends
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,9 @@ class Need:
     """Burst GPUs beyond those, to drain a standing queue (not held)."""
     forecast: forecast.Forecast
     reason: str
+    settled: int | None = None
+    """While demand declines steadily: the burst GPUs the latest demand needs with the forecast's
+    margin (idle capacity above them need not wait a boot for demand to come back). None otherwise."""
 
 
 def _jump(mem: forecast.Model, window_s: float) -> float:
@@ -58,6 +63,31 @@ def queue_arrivals(
     if not _floods(queue, capacity_rps=capacity_rps, slo_s=slo_s) or at <= t0 or queue <= q0:
         return 0.0
     return capacity_rps + (queue - q0) / (at - t0)
+
+
+def _settled(
+    w: model.WorkloadSpec,
+    mem: forecast.Model,
+    fc: forecast.Forecast,
+    *,
+    at: float,
+    demand: float,
+    window_s: float,
+    horizon_s: float,
+    settings: forecast.Settings,
+    utilization: float,
+) -> int | None:
+    """The burst GPUs the latest demand needs with the forecast's margin, where demand declines
+    steadily; not the chosen forecast's own bound: a line through a fall goes on falling where demand
+    levels out, and capacity released for it would be bought back."""
+    eps = settings.floor_rps
+    if not trends.sure_decline(
+        mem.samples, at, window_s=window_s, trend_window_s=settings.trend_window_s, eps=eps,
+        horizon_s=horizon_s, margin=fc.margin,
+    ):  # fmt: skip
+        return None
+    now = (demand + eps) * math.exp(fc.margin) - eps
+    return max(0, capacity.gpus_for(now, w, utilization=utilization) - w.private_gpus)
 
 
 def need(
@@ -111,4 +141,10 @@ def need(
         reason += f"; +{ahead} GPUs ahead of the growth, while it lasts"
     if backlog:
         reason += f"; queue {queue:.0f}: +{backlog} GPUs to drain it in {drain_s:.0f}s"
-    return Need(max(gpus, drain), burst, ahead, backlog, fc, reason), mem
+    settled = _settled(
+        w, mem, fc, at=at, demand=demand, window_s=m.window_s, horizon_s=horizon_s, settings=settings,
+        utilization=utilization,
+    )  # fmt: skip
+    if settled is not None:
+        reason += f"; falling in every window: idle burst GPUs above {settled} need not wait a boot"
+    return Need(max(gpus, drain), burst, ahead, backlog, fc, reason, settled), mem

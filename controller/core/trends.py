@@ -3,7 +3,9 @@
 A windowed rate turns a step in arrivals into a climb one rate window long, and then stops; a ramp goes
 on climbing, and an exponential ramp (a flash crowd) climbs by the same factor in every window. Growth
 seen in every recent window tells a ramp from a step with the samples alone, so that a cold start
-carries a ramp to the horizon without buying capacity for a step that has already ended.
+carries a ramp to the horizon without buying capacity for a step that has already ended. A fall seen
+in every window, and larger than the forecast's margin, tells a steady decline from a dip that may
+come back, so that idle capacity need not wait a boot for a return that is not coming.
 """
 
 from __future__ import annotations
@@ -73,3 +75,31 @@ def sure_growth(
             return latest
         slowest = min(slowest, fit[1][1])
     return (latest + eps) * math.exp(slowest * horizon_s) - eps
+
+
+def sure_decline(
+    samples: Sequence[tuple[float, float]],
+    at: float,
+    *,
+    window_s: float,
+    trend_window_s: float,
+    eps: float,
+    horizon_s: float,
+    margin: float,
+) -> bool:
+    """Demand fell in each of the last rate windows (three at least, or as many as the trend window
+    holds), and the fall through the trend window, carried over the horizon, is larger than the
+    forecast's margin (log): a steady decline, not a dip that may come back within a boot (a step down
+    falls through one window), nor noise (it does not fall in every window, nor by more than the
+    surprises the margin covers)."""
+    fit = lines(samples[bisect.bisect_left(samples, at - trend_window_s, key=_time) :], eps)
+    if fit is None or -fit[1][1] * horizon_s <= margin:
+        return False
+    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
+        start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
+        window = samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)]
+        fit = lines(window, eps)
+        # A flat window's fitted slope is rounding, either side of zero: its ends say it did not fall.
+        if fit is None or fit[1][1] >= 0 or window[-1][1] >= window[0][1]:
+            return False
+    return True

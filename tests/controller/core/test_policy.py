@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import random
+import re
 from collections.abc import Callable
 
 from controller.core import model, policy
@@ -192,6 +193,33 @@ def test_idle_capacity_is_released_after_a_boot_of_seen_time() -> None:
     assert sum(after[-1].target_nodes.values()) < peak
     gone = next(d.at for d in after if sum(d.target_nodes.values()) < peak)
     assert gone <= dropped - 15 + SPOT.boot_s + DEFAULT.horizon_extra_s + 15
+
+
+def test_while_demand_declines_steadily_idle_capacity_goes_within_a_rate_window() -> None:
+    def decline(t: float) -> float:  # 800 req/s, then from t = 1800 a fall towards 90 (10-minute constant)
+        return 800.0 if t < 1800 else 90.0 + 710.0 * math.exp(-(t - 1800) / 600)
+
+    decisions, _ = drive(decline, until=3600)
+    falling = [d for d in decisions if "falling in every window" in d.reasons[0]]
+    assert falling and all(1800 < d.at < 3600 for d in falling)
+    wanted = {d.at: d.figures["wanted_burst_gpus"] for d in decisions}
+    shortened = 0
+    for d in falling:
+        recent = max(wanted[t] for t in wanted if d.at - 60 <= t <= d.at)
+        boot = max(wanted[t] for t in wanted if d.at - SPOT.boot_s - DEFAULT.horizon_extra_s <= t <= d.at)
+        margin = float(re.search(r"\(x([0-9.]+)\)", d.reasons[0]).group(1))  # type: ignore[union-attr]
+        eps = FACE.gpu_rps  # demand near zero is compared in absolute terms
+        bound = (decline(d.at) + eps) * margin - eps
+        # +1: the reason rounds the margin to two decimals.
+        latest = math.ceil(bound / (FACE.gpu_rps * DEFAULT.target_utilization)) + 1
+        kept = d.figures["kept_burst_gpus"]
+        # Not what was wanted a boot ago (the fall is not coming back), but what was wanted within a
+        # rate window, or what the latest demand needs with the forecast's margin.
+        assert kept <= max(recent, latest - FACE.private_gpus)
+        assert kept <= boot
+        assert gpus(d) * FACE.gpu_rps >= decline(d.at)
+        shortened += kept < boot
+    assert shortened > len(falling) // 2
 
 
 def test_a_metrics_outage_neither_counts_as_idle_time_nor_releases_after_it() -> None:

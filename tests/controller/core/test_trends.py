@@ -96,3 +96,41 @@ def test_per_minute_noise_is_rarely_carried_and_never_far() -> None:
     ]
     assert len(carried) < 0.05 * len(samples)
     assert max(carried, default=1.0) < 2.0
+
+
+def _falls(samples: list[tuple[float, float]], margin: float, horizon_s: float = 245.0) -> bool:
+    at = samples[-1][0]
+    return trends.sure_decline(
+        samples, at, window_s=60.0, trend_window_s=300.0, eps=25.0, horizon_s=horizon_s, margin=margin
+    )
+
+
+def _decay(t: float) -> float:
+    """800 req/s, then from t = 600 an exponential fall towards 90 (a 15-minute time constant)."""
+    return 800.0 if t < 600 else 90.0 + 710.0 * math.exp(-(t - 600) / 900)
+
+
+def test_a_steady_decline_is_sure_once_every_window_shows_it() -> None:
+    sure = [u for u in range(600, 1500, 15) if _falls(_samples(_decay, u), margin=0.05)]
+    # From when the fall reaches into the oldest of the trend window's five rate windows, at every tick.
+    assert sure == list(range(sure[0], 1500, 15))
+    assert 600 + 4 * 60 <= sure[0] <= 600 + 5 * 60
+
+
+def test_a_decline_within_the_forecasts_margin_is_not_sure() -> None:
+    # Over a 245 s horizon the fall is about 25 % (log 0.25): a forecast whose surprises reach 50 %
+    # cannot tell it from them.
+    assert not any(_falls(_samples(_decay, u), margin=0.5) for u in range(600, 1500, 15))
+
+
+def test_a_step_down_is_never_a_sure_decline() -> None:
+    step = lambda t: 500.0 if t < 600 else 100.0  # noqa: E731 - falls through one rate window, then flat
+    assert not any(_falls(_samples(step, u), margin=0.0) for u in range(300, 1500, 15))
+
+
+def test_per_minute_noise_is_rarely_a_sure_decline() -> None:
+    rng = random.Random(7)
+    minutes = [200.0 * math.exp(rng.gauss(0.0, 0.22)) for _ in range(24 * 60)]
+    samples = _samples(lambda t: minutes[int(t // 60) % len(minutes)], 6 * 3600)
+    sure = sum(_falls(samples[: i + 1], margin=0.1) for i in range(20, len(samples)))
+    assert sure < 0.01 * len(samples)
