@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 
 _time = itemgetter(0)
@@ -53,6 +53,16 @@ GROWTH_WINDOWS = 3
 """Rate windows in a row that must each show growth: a step's climb spans two at most."""
 
 
+def _windows(
+    samples: Sequence[tuple[float, float]], at: float, *, window_s: float, trend_window_s: float
+) -> Iterator[Sequence[tuple[float, float]]]:
+    """The samples of each of the last rate windows, newest first (three at least, or as many as the
+    trend window holds)."""
+    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
+        start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
+        yield samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)]
+
+
 def sure_growth(
     samples: Sequence[tuple[float, float]],
     at: float,
@@ -68,9 +78,8 @@ def sure_growth(
     noise rarely climbs in all of them, so neither is carried."""
     latest = samples[-1][1]
     slowest = MAX_GROWTH / horizon_s if horizon_s > 0 else 0.0
-    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
-        start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
-        fit = lines(samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)], eps)
+    for window in _windows(samples, at, window_s=window_s, trend_window_s=trend_window_s):
+        fit = lines(window, eps)
         if fit is None or fit[1][1] <= 0:
             return latest
         slowest = min(slowest, fit[1][1])
@@ -95,9 +104,7 @@ def sure_decline(
     fit = lines(samples[bisect.bisect_left(samples, at - trend_window_s, key=_time) :], eps)
     if fit is None or -fit[1][1] * horizon_s <= margin:
         return False
-    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
-        start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
-        window = samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)]
+    for window in _windows(samples, at, window_s=window_s, trend_window_s=trend_window_s):
         fit = lines(window, eps)
         # A flat window's fitted slope is rounding, either side of zero: its ends say it did not fall.
         if fit is None or fit[1][1] >= 0 or window[-1][1] >= window[0][1]:
