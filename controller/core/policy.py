@@ -199,7 +199,7 @@ def decide(
     held, history = release.hold(state.recommendations, clock, wanted=wanted, keep_s=keep_s)
     if needs and all(n.settled is not None for n in needs):
         settled = sum(n.settled or 0 for n in needs)
-        held = release.settle(history, clock, held, settled=settled, window_s=window_s)
+        held = release.settle(history, clock, held=held, settled=settled, window_s=window_s)
     ahead = sum(n.ahead_gpus for n in needs)
     growing, growth = release.hold(state.growth, clock, wanted=wanted + ahead, keep_s=window_s)
     kept = max(wanted, min(have, held), growing)

@@ -51,7 +51,7 @@ def hold(
 
 
 def settle(
-    history: tuple[tuple[float, int], ...], clock: Clock, held: int, *, settled: int, window_s: float
+    history: tuple[tuple[float, int], ...], clock: Clock, *, held: int, settled: int, window_s: float
 ) -> int:
     """The burst GPUs to keep while demand declines steadily: the most wanted over the last rate window
     (`history` holds this tick's), or what the latest demand needs, whichever is more; never more than

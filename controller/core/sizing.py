@@ -68,8 +68,8 @@ def queue_arrivals(
 def _settled(
     w: model.WorkloadSpec,
     mem: forecast.Model,
-    fc: forecast.Forecast,
     *,
+    fc: forecast.Forecast,
     at: float,
     demand: float,
     window_s: float,
@@ -142,7 +142,7 @@ def need(
     if backlog:
         reason += f"; queue {queue:.0f}: +{backlog} GPUs to drain it in {drain_s:.0f}s"
     settled = _settled(
-        w, mem, fc, at=at, demand=demand, window_s=m.window_s, horizon_s=horizon_s, settings=settings,
+        w, mem, fc=fc, at=at, demand=demand, window_s=m.window_s, horizon_s=horizon_s, settings=settings,
         utilization=utilization,
     )  # fmt: skip
     if settled is not None:
