@@ -143,10 +143,17 @@ def run(
         dropped=q.dropped,
         p99_latency_s=q.quantile(0.99),
         launches=len(instances),
-        releases=sum(1 for i in instances if i.ended == "released"),
-        interruptions=sum(1 for i in instances if i.ended == "interrupted"),
+        releases=sum(1 for i in instances if i.ended == "released" and not _noticed(i, end=n - 1)),
+        interruptions=sum(1 for i in instances if _noticed(i, end=n - 1)),
         max_burst_nodes=bill.max_alive,
     )
+
+
+def _noticed(inst: fakes.FakeInstance, *, end: float) -> bool:
+    """The cloud announced the node's end while it was still there: an interruption took it, whether it
+    went at the deadline or a policy drained and released it on the notice."""
+    gone = inst.gone_at if inst.gone_at is not None else end
+    return inst.notice_at is not None and inst.notice_at <= gone
 
 
 def _next_due(t: int, stop: int, *dues: float | None) -> int:

@@ -13,7 +13,7 @@ import pytest
 from controller.app import cli
 from controller.core import model
 from controller.runtime import policy_file
-from controller.sim import contenders, scenario
+from controller.sim import contenders, engine, scenario, world
 from tests.controller.sim import helpers
 
 
@@ -137,3 +137,30 @@ def test_decisions_are_logged_every_tick_and_order_what_was_billed(simulated: tu
     for d in ups:  # a node bills from the tick that ordered it
         assert billed[int(d["at"])] == sum(d["target_nodes"].values()), d
         assert "wanted_burst_gpus" in d["figures"] and d["reasons"]
+
+
+def test_a_node_drained_on_its_interruption_notice_counts_as_interrupted(tmp_path: Path) -> None:
+    """gpuburst drains a spot node on its notice and releases it before the deadline: the cloud still
+    took it, so the run reports an interruption, not a release."""
+    spot = {"name": "spot", "gpus_per_node": 1, "price_per_hour": 0.36, "boot_s": 60, "max_nodes": 20,
+            "spot": True, "interruptions_per_hour": 3.0}  # fmt: skip
+    sc = helpers.build(tmp_path, [60.0] * 7200, pools=[spot])
+    box: list[world.World] = []
+    make = contenders.factory("gpuburst", policy_file.load(policy_file.DEFAULT))
+
+    def keep(w: world.World) -> engine.Contender:
+        box.append(w)
+        return make(w)
+
+    run = engine.run(sc, keep)
+    infra = box[0].infra
+    end = sc.duration_s - 1
+    noticed = [
+        i for i in [*infra.gone, *infra.instances.values()]
+        if i.notice_at is not None and i.notice_at <= (end if i.gone_at is None else i.gone_at)
+    ]  # fmt: skip
+    drained = [i for i in noticed if i.ended == "released"]
+    assert drained, "the case needs nodes the policy released on their notice"
+    assert run.interruptions == len(noticed)
+    unnoticed_alive = sum(1 for i in infra.instances.values() if i not in noticed)
+    assert run.releases + run.interruptions + unnoticed_alive == run.launches
