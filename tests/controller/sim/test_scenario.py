@@ -34,6 +34,7 @@ def test_the_held_out_scenarios_in_docs_load_as_the_readme_describes() -> None:
         "step-fastboot",
         "wc-early",
         "wc-final-fastboot",
+        "weblog-month",
     ]
     early = scenario.load(str(heldout / "wc-early.yaml"))
     assert early.duration_s == 20 * 86400 and early.private_gpus == 8
@@ -44,6 +45,12 @@ def test_the_held_out_scenarios_in_docs_load_as_the_readme_describes() -> None:
     fast = scenario.load(str(heldout / "wc-final-fastboot.yaml"))
     assert (fast.scrape_interval_s, fast.rate_window_s) == (30, 120)
     assert {p.spec.boot_s for p in fast.pools} == {120}
+    weblog = scenario.load(str(heldout / "weblog-month.yaml"))
+    assert weblog.duration_s == 30 * 86400 and {p.spec.boot_s for p in weblog.pools} == {240}
+    minutes = weblog.arrivals.reshape(-1, 60).sum(axis=1)
+    assert minutes.max() / 60 == pytest.approx(700.0, rel=0.02)
+    steps = np.abs(np.diff(np.log(minutes + 1.0)))
+    assert np.median(steps) == pytest.approx(0.21, abs=0.02)  # about 22 % minute-to-minute noise
 
 
 def test_window_and_rescale_follow_the_format() -> None:
