@@ -5,7 +5,8 @@ call this same function; the state it returns is all it remembers between ticks.
 
 One model, three steps:
 - forecast (`forecast.py`): per workload, the demand one horizon ahead (the boot, the next tick, the
-  rate window's lag) and a bound that covers `slo_target` of this workload's own forecast surprises;
+  rate window's lag) and a bound that covers `slo_target` of this workload's own forecast surprises,
+  carried further into their tail where the error budget is overspent (`budget.py`);
 - plan (`sizing.py`): GPUs that carry that bound, plus what a standing queue needs to drain;
 - release (`release.py`): idle burst GPUs are kept until keeping them has cost a relaunch (while
   demand declines steadily, only for a rate window), and those bought ahead of a growth (a cold
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.core import capacity, forecast, limits, model, release, sizing
+from controller.core import budget, capacity, forecast, limits, model, release, sizing
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class BurstPolicy:
     """How much recent demand the base level is the median of."""
     error_half_life_s: float = 6 * 3600.0
     """How fast old forecast errors fade."""
+    slo_window_s: float = 28 * 86400.0
+    """The window the SLO is judged over: misses older than this fade from the error budget."""
     min_errors: float = 5.0
     """Horizons of errors (decayed count) a forecaster needs before it is trusted."""
     cold_margin: float = 0.25
@@ -67,6 +70,8 @@ class BurstPolicy:
 @dataclass(frozen=True, slots=True)
 class PolicyState:
     models: Mapping[str, forecast.Model] = field(default_factory=dict)
+    budgets: Mapping[str, budget.Budget] = field(default_factory=dict)
+    """Per workload: the error budget spent (`budget.py`)."""
     recommendations: tuple[tuple[float, int], ...] = ()
     """(seen seconds, burst GPUs wanted) over the keep window."""
     clock: release.Clock | None = None
@@ -160,20 +165,22 @@ def _cause(
 
 def _needs(
     inputs: DecisionInputs, state: PolicyState, policy: BurstPolicy, *, boot_s: float
-) -> tuple[list[sizing.Need], dict[str, forecast.Model]]:
-    models = dict(state.models)
+) -> tuple[list[sizing.Need], dict[str, forecast.Model], dict[str, budget.Budget]]:
+    models, budgets = dict(state.models), dict(state.budgets)
     needs = []
     for w in inputs.workloads:
         m = inputs.metrics[w.name]
-        need, models[w.name] = sizing.need(
+        need, models[w.name], budgets[w.name] = sizing.need(
             w, m, models.get(w.name, forecast.Model()), at=inputs.at,
             share=burstable_share(m, policy.burst_tiers),
             horizon_s=boot_s + policy.horizon_extra_s + m.window_s / 2,
             settings=settings(policy, w, window_s=m.window_s), seasonality=policy.seasonality,
             utilization=policy.target_utilization, drain_s=policy.backlog_drain_s,
+            spent=budgets.get(w.name, budget.Budget()), slo_target=policy.slo_target,
+            slo_window_s=policy.slo_window_s,
         )  # fmt: skip
         needs.append(need)
-    return needs, models
+    return needs, models, budgets
 
 
 def _action(before: int, after: int) -> model.Action:
@@ -189,7 +196,7 @@ def decide(
         return _hold(inputs, state)
     available = [p for p in inputs.pools if p.name not in inputs.unavailable] or list(inputs.pools)
     boot = min((p.boot_s for p in available), default=0.0)
-    needs, models = _needs(inputs, state, policy, boot_s=boot)
+    needs, models, budgets = _needs(inputs, state, policy, boot_s=boot)
     wanted = sum(n.burst_gpus for n in needs)
     backlog = sum(n.backlog_gpus for n in needs)
     clock = release.advance(state.clock, inputs.at)
@@ -243,5 +250,5 @@ def decide(
             "backlog_gpus": backlog,
         },
     )
-    state = PolicyState(models=models, recommendations=history, clock=clock, growth=growth)
+    state = PolicyState(models=models, budgets=budgets, recommendations=history, clock=clock, growth=growth)
     return decision, state

@@ -6,7 +6,9 @@ arrivals are what was served plus its growth. Capacity to drain a backlog is wan
 backlog lasts, so it is kept apart from the bound and never held; capacity bought ahead of a growth
 the forecast carries (`Forecast.held_rps`) is kept apart too, and held only briefly. While demand
 declines steadily (`trends.sure_decline`), the GPUs the latest demand needs with the forecast's margin
-are what idle capacity is released down to without waiting for a return (`Need.settled`).
+are what idle capacity is released down to without waiting for a return (`Need.settled`). Each tick
+also accounts the workload's error budget (`budget.py`), which widens the forecast's bound where misses
+a wider bound would have served overspend it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import bisect
 import math
 from dataclasses import dataclass, replace
 
-from controller.core import capacity, forecast, model, trends
+from controller.core import budget, capacity, forecast, model, trends
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +104,30 @@ def need(
     seasonality: bool,
     utilization: float,
     drain_s: float,
-) -> tuple[Need, forecast.Model]:
+    spent: budget.Budget,
+    slo_target: float,
+    slo_window_s: float,
+) -> tuple[Need, forecast.Model, budget.Budget]:
     demand = (m.rate_rps or 0.0) * share
     queue = (m.queue_depth or 0.0) * share
     serving = sum(m.ready_replicas.values()) if m.ready_replicas else 0
     capacity_rps = serving * w.gpu_rps * share
     arrived = queue_arrivals(mem, at, queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
+    flooding = _floods(queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
+    spent = budget.spend(
+        spent, at, demand=demand, arrived=arrived, flooded=flooding, slo_target=slo_target,
+        window_s=slo_window_s, half_life_s=settings.half_life_s, reach=settings.cold_margin,
+        eps=settings.floor_rps,
+    )  # fmt: skip
+    shrink = budget.shrink(spent, slo_target=slo_target)
+    if shrink > 0:  # replace walks every field: only where the budget asks for a wider bound
+        settings = replace(settings, shrink=shrink)
     mem = forecast.remember(
         mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality,
         arrived=arrived, queue=queue,
     )  # fmt: skip
     fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
+    spent = budget.plan(spent, at + horizon_s, bound=fc.bound_rps)
     # A queue holding more than the SLO's worth of work makes every new request miss until it drains,
     # and says that the rate, averaged over its window, lags what arrives now.
     # Chased only where this workload's steps have lasted: where its levels revert, a spike is over
@@ -147,4 +162,4 @@ def need(
     )  # fmt: skip
     if settled is not None:
         reason += f"; falling in every window: idle burst GPUs above {settled} need not wait a boot"
-    return Need(max(gpus, drain), burst, ahead, backlog, fc, reason, settled), mem
+    return Need(max(gpus, drain), burst, ahead, backlog, fc, reason, settled), mem, spent

@@ -33,6 +33,7 @@ class PolicyFile(pydantic.BaseModel):
     level_window_s: float = pydantic.Field(_D.level_window_s, ge=0)
     base_window_s: float = pydantic.Field(_D.base_window_s, ge=0)
     error_half_life_s: float = pydantic.Field(_D.error_half_life_s, gt=0)
+    slo_window_s: float = pydantic.Field(_D.slo_window_s, ge=3600)
     min_errors: float = pydantic.Field(_D.min_errors, ge=1)
     cold_margin: float = pydantic.Field(_D.cold_margin, ge=0, le=3)
     peak_window_s: float = pydantic.Field(_D.peak_window_s, ge=0)
