@@ -177,10 +177,6 @@ class Settings:
     """Demand within a few requests per second of zero is compared in absolute terms, not as ratios."""
     rate_window_s: float = 60.0
     """The window the demand rate is averaged over: a step in arrivals shows as a climb this long."""
-    shrink: float = 0.0
-    """How far (log) the error budget asks the tail left uncovered to shrink below `1 - coverage`
-    (`budget.shrink`): the chosen bound goes that far past its coverage quantile, at the slope its
-    tail showed over the last doubling of tail probability."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,15 +402,20 @@ def _cold(
     )  # fmt: skip
 
 
-def _tail_slope(e: Errors, at: float, settings: Settings) -> float:
-    """Log error per e-fold of tail probability, from the last doubling below the coverage quantile:
-    carries a bound past the errors seen, where the coverage asked is beyond what they can tell."""
+def _tail_slope(e: Errors, top: float, at: float, settings: Settings) -> float:
+    """Log error per e-fold of tail probability, from the last doubling below the coverage quantile
+    (`top`): carries a bound past the errors seen, where the coverage asked is beyond what they tell."""
     c = min(settings.coverage, 1.0 - 2.0 / count(e, at, half_life_s=settings.half_life_s))
-    return max(0.0, quantile(e, c) - quantile(e, 1.0 - 2.0 * (1.0 - c))) / math.log(2.0)
+    return max(0.0, top - quantile(e, 1.0 - 2.0 * (1.0 - c))) / math.log(2.0)
 
 
-def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tuple[Forecast, Model]:
-    """The bound to plan for, and the model with this tick's predictions pending."""
+def forecast(
+    m: Model, at: float, *, horizon_s: float, settings: Settings, shrink: float = 0.0
+) -> tuple[Forecast, Model]:
+    """The bound to plan for, and the model with this tick's predictions pending. `shrink` is how far
+    (log) the error budget asks the tail left uncovered to shrink below `1 - coverage`
+    (`budget.shrink`): the chosen bound goes that far past its coverage quantile, at the slope its
+    tail showed over the last doubling of tail probability."""
     predicted = predictions(m, at, horizon_s=horizon_s, settings=settings)
     eps = settings.floor_rps
     regime = _regime(predicted, eps)
@@ -452,8 +453,8 @@ def forecast(m: Model, at: float, *, horizon_s: float, settings: Settings) -> tu
     if best is None:
         return _cold(m, predicted, at, horizon_s, settings), m
     slack, source, expected, margin, k = best
-    if settings.shrink > 0:
-        margin += settings.shrink * _tail_slope(errors[k], at, settings)
+    if shrink > 0:
+        margin += shrink * _tail_slope(errors[k], tails[k][1], at, settings)
     # Errors learned while demand rose to a peak (a spike starting, a recovery) must not lift the bound
     # far above that peak from a level that already includes it: the margin covers surprises up to what
     # demand reached lately, what a level or a profile now predicts, or where a growth seen in every

@@ -119,14 +119,13 @@ def need(
         window_s=slo_window_s, half_life_s=settings.half_life_s, reach=settings.cold_margin,
         eps=settings.floor_rps,
     )  # fmt: skip
-    shrink = budget.shrink(spent, slo_target=slo_target)
-    if shrink > 0:  # replace walks every field: only where the budget asks for a wider bound
-        settings = replace(settings, shrink=shrink)
     mem = forecast.remember(
         mem, at, demand, block_s=horizon_s, settings=settings, seasonal=seasonality,
         arrived=arrived, queue=queue,
     )  # fmt: skip
-    fc, mem = forecast.forecast(mem, at, horizon_s=horizon_s, settings=settings)
+    fc, mem = forecast.forecast(
+        mem, at, horizon_s=horizon_s, settings=settings, shrink=budget.shrink(spent, slo_target=slo_target)
+    )
     spent = budget.plan(spent, at + horizon_s, bound=fc.bound_rps)
     # A queue holding more than the SLO's worth of work makes every new request miss until it drains,
     # and says that the rate, averaged over its window, lags what arrives now.

@@ -124,7 +124,7 @@ def test_an_overspent_budget_carries_the_bound_past_its_coverage_quantile_at_the
     m = dataclasses.replace(m, errors=errors, tails=(), pending=())
     at = 39 * 15.0
     plain, _ = forecast.forecast(m, at, horizon_s=285.0, settings=SETTINGS)
-    wide, _ = forecast.forecast(m, at, horizon_s=285.0, settings=dataclasses.replace(SETTINGS, shrink=2.0))
+    wide, _ = forecast.forecast(m, at, horizon_s=285.0, settings=SETTINGS, shrink=2.0)
     assert wide.source is plain.source
     slope = (forecast.quantile(errors[0], 0.96) - forecast.quantile(errors[0], 0.92)) / math.log(2)
     assert 0.03 / math.log(2) < slope < 0.06 / math.log(2)
