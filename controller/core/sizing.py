@@ -131,7 +131,7 @@ def need(
     # and says that the rate, averaged over its window, lags what arrives now.
     # Chased only where this workload's steps have lasted: where its levels revert, a spike is over
     # before capacity bought for it could serve.
-    flooded = fc.follows and _floods(queue, capacity_rps=capacity_rps, slo_s=w.slo_s)
+    flooded = fc.follows and flooding
     arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
     if flooded and arrivals > fc.expected_rps:
         lifted = arrivals * math.exp(fc.margin)
