@@ -22,7 +22,7 @@ class Simulated:
 
 
 def simulated(ctl: live.Controller, rates: np.ndarray, workdir: Path, *, window_s: float) -> Simulated:
-    """The simulator's gpuburst on the same compressed trace, workload, pools, scrape and policy."""
+    """The simulator's gpuburst on the same compressed trace, workload, pools, scrape, policy and tick."""
     from controller.sim import contenders, scenario
 
     workload = ctl.setup.workloads[0]
@@ -53,10 +53,14 @@ def simulated(ctl: live.Controller, rates: np.ndarray, workdir: Path, *, window_
     }
     path = workdir / "scenario.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    run = contenders.run(scenario.parse(data, path=path), "gpuburst", burst_policy=ctl.setup.policy)
+    tick_s = ctl.loaded.config.tick_interval_s
+    run = contenders.run(
+        scenario.parse(data, path=path), "gpuburst", burst_policy=ctl.setup.policy, tick_s=tick_s
+    )
     return Simulated(
         figures={
             "scenario": str(path),
+            "tick_s": tick_s,
             "requests": round(run.arrived),
             "slo_attainment": round(run.slo_attainment, 4),
             "p99_ms": round(run.p99_latency_s * 1000, 1),

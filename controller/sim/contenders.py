@@ -44,10 +44,16 @@ def factory(
     name: str,
     burst_policy: policy.BurstPolicy,
     on_decision: Callable[[model.Decision], None] | None = None,
+    *,
+    tick_s: float = gpuburst.TICK_S,
 ) -> Callable[[world_mod.World], engine.Contender]:
-    """`on_decision` hears each of gpuburst's decisions as it is made (the other contenders have none)."""
+    """`on_decision` hears each of gpuburst's decisions as it is made (the other contenders have none);
+    `tick_s` is gpuburst's tick (never faster than the scrape), as the live controller's
+    `tick_interval_s`."""
     if name == "gpuburst":
-        return functools.partial(gpuburst.Gpuburst, burst_policy=burst_policy, on_decision=on_decision)
+        return functools.partial(
+            gpuburst.Gpuburst, burst_policy=burst_policy, on_decision=on_decision, tick_s=tick_s
+        )
     if name == "skyserve":
         return skyserve.SkyServe
     if name == "static-peak":
@@ -69,9 +75,10 @@ def run(
     burst_policy: policy.BurstPolicy,
     progress: engine.Progress | None = None,
     on_decision: Callable[[model.Decision], None] | None = None,
+    tick_s: float = gpuburst.TICK_S,
 ) -> engine.Run:
     if name == "oracle":
         return oracle.run(sc)
     if name == "lagged-oracle":
         return oracle.lagged(sc)
-    return engine.run(sc, factory(name, burst_policy, on_decision), progress=progress)
+    return engine.run(sc, factory(name, burst_policy, on_decision, tick_s=tick_s), progress=progress)

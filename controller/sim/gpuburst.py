@@ -12,8 +12,8 @@ from controller.ports import fakes
 from controller.runtime import reconciler
 from controller.sim import world as world_mod
 
-TICK_S = 15
-"""The controller ticks once per scrape: a tick between scrapes would see nothing new."""
+TICK_S = 15.0
+"""The live controller's default tick (`tick_interval_s`)."""
 
 
 class Gpuburst:
@@ -25,6 +25,8 @@ class Gpuburst:
         w: world_mod.World,
         burst_policy: policy.BurstPolicy,
         on_decision: Callable[[model.Decision], None] | None = None,
+        *,
+        tick_s: float = TICK_S,
     ) -> None:
         sc = w.scenario
         self.w = w
@@ -34,7 +36,7 @@ class Gpuburst:
                 budget = min(budget, burst_policy.budget_usd_per_hour)
             burst_policy = dataclasses.replace(burst_policy, budget_usd_per_hour=budget)
         self.workload = sc.workload.name
-        self.tick_s = max(TICK_S, sc.scrape_interval_s)
+        self.tick_s = max(tick_s, sc.scrape_interval_s)  # a tick between scrapes would see nothing new
         self.reconciler = reconciler.Reconciler(
             reconciler.Setup((sc.workload,), sc.pool_specs, burst_policy),
             clock=w.clock,

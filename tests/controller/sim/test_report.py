@@ -4,6 +4,7 @@ gpuburst's decisions."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -164,3 +165,18 @@ def test_a_node_drained_on_its_interruption_notice_counts_as_interrupted(tmp_pat
     assert run.interruptions == len(noticed)
     unnoticed_alive = sum(1 for i in infra.instances.values() if i not in noticed)
     assert run.releases + run.interruptions + unnoticed_alive == run.launches
+
+
+@pytest.mark.parametrize(("tick_s", "every_s"), [(None, 15), (5.0, 5), (2.0, 5)])
+def test_gpuburst_ticks_at_the_controllers_tick_never_faster_than_the_scrape(
+    tmp_path: Path, tick_s: float | None, every_s: int
+) -> None:
+    """The replay decides as often as the live controller it stands for (`tick_interval_s`, 15 s by
+    default), and never between two scrapes (5 s here): such a tick would see nothing new."""
+    sc = helpers.build(tmp_path, [30.0] * 300, metrics={"scrape_interval_s": 5, "rate_window_s": 20})
+    at: list[float] = []
+    kw = {} if tick_s is None else {"tick_s": tick_s}
+    heard = at.append
+    contenders.run(sc, "gpuburst", burst_policy=policy_file.load(), on_decision=lambda d: heard(d.at), **kw)
+    assert len(at) == 300 // every_s
+    assert {b - a for a, b in itertools.pairwise(at)} == {every_s}
