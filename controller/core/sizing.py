@@ -55,6 +55,16 @@ def _floods(queue: float, *, capacity_rps: float, slo_s: float) -> bool:
     return queue > capacity_rps * slo_s  # capacity is never negative: an empty queue never floods
 
 
+def held_flood(fc: forecast.Forecast, arrivals: float) -> forecast.Forecast:
+    """The forecast with what a flooded queue says arrives now, times its margin, planned and held;
+    held whatever else the bound carries: capacity bought ahead of a growth goes when the growth stops,
+    and must not take with it the capacity for what already arrives."""
+    lifted = arrivals * math.exp(fc.margin)
+    return replace(
+        fc, expected_rps=max(fc.expected_rps, arrivals), bound_rps=max(fc.bound_rps, lifted), held_rps=lifted
+    )
+
+
 def queue_arrivals(
     mem: forecast.Model, at: float, queue: float, *, capacity_rps: float, slo_s: float
 ) -> float:
@@ -133,11 +143,8 @@ def need(
     # before capacity bought for it could serve.
     flooded = fc.follows and flooding
     arrivals = max(demand, _jump(mem, m.window_s)) if flooded else demand
-    if flooded and arrivals > fc.expected_rps:
-        lifted = arrivals * math.exp(fc.margin)
-        fc = replace(
-            fc, expected_rps=arrivals, bound_rps=max(fc.bound_rps, lifted), held_rps=max(fc.held, lifted)
-        )
+    if flooded and arrivals * math.exp(fc.margin) > fc.held:
+        fc = held_flood(fc, arrivals)
     elif demand > fc.bound_rps:
         # Never planned below what arrives now.
         fc = replace(fc, bound_rps=demand, held_rps=demand)

@@ -53,14 +53,43 @@ GROWTH_WINDOWS = 3
 """Rate windows in a row that must each show growth: a step's climb spans two at most."""
 
 
+def _count(window_s: float, trend_window_s: float) -> int:
+    """Rate windows judged: as many as the trend window holds, three at least."""
+    return max(GROWTH_WINDOWS, int(trend_window_s // window_s))
+
+
 def _windows(
-    samples: Sequence[tuple[float, float]], at: float, *, window_s: float, trend_window_s: float
+    samples: Sequence[tuple[float, float]], at: float, *, window_s: float, count: int
 ) -> Iterator[Sequence[tuple[float, float]]]:
-    """The samples of each of the last rate windows, newest first (three at least, or as many as the
-    trend window holds)."""
-    for k in range(max(GROWTH_WINDOWS, int(trend_window_s // window_s))):
+    """The samples of each of the last `count` rate windows, newest first."""
+    for k in range(count):
         start = bisect.bisect_left(samples, at - (k + 1) * window_s, key=_time)
         yield samples[start : bisect.bisect_right(samples, at - k * window_s, key=_time)]
+
+
+def _slowest_growth(
+    samples: Sequence[tuple[float, float]],
+    at: float,
+    *,
+    window_s: float,
+    count: int,
+    eps: float,
+    steady: bool,
+) -> float:
+    """The slowest growth (log per second) each of the last `count` rate windows showed; 0 where one did
+    not grow or, `steady`, where any sample fell below the one before it."""
+    slowest = later = math.inf
+    for window in _windows(samples, at, window_s=window_s, count=count):
+        fit = lines(window, eps)
+        if fit is None or fit[1][1] <= 0:
+            return 0.0
+        if steady:
+            values = [v for _, v in window]
+            if any(b < a for a, b in zip(values, [*values[1:], later], strict=True)):
+                return 0.0
+            later = values[0]
+        slowest = min(slowest, fit[1][1])
+    return slowest
 
 
 def sure_growth(
@@ -73,17 +102,21 @@ def sure_growth(
     eps: float,
 ) -> float:
     """The latest demand carried to the horizon by the slowest growth (in log terms) that each of the
-    last rate windows showed (three at least, or as many as the trend window holds). An exponential
-    ramp grows alike in every one; a step climbs through one window (two where it straddles them) and
-    noise rarely climbs in all of them, so neither is carried."""
+    last rate windows showed: every window the trend window holds (three at least), or three in which
+    no sample fell. An exponential ramp grows alike in every one; a step climbs through one window (two
+    where it straddles them) and noise rarely climbs in all of them, so neither is carried. A fast ramp
+    climbs steadily, and is carried three windows after it starts rather than once it fills the trend
+    window (a doubling or two later); bursts climb in a window and fall back, and are not."""
     latest = samples[-1][1]
-    slowest = MAX_GROWTH / horizon_s if horizon_s > 0 else 0.0
-    for window in _windows(samples, at, window_s=window_s, trend_window_s=trend_window_s):
-        fit = lines(window, eps)
-        if fit is None or fit[1][1] <= 0:
-            return latest
-        slowest = min(slowest, fit[1][1])
-    return (latest + eps) * math.exp(slowest * horizon_s) - eps
+    slowest = max(
+        _slowest_growth(
+            samples, at, window_s=window_s, count=_count(window_s, trend_window_s), eps=eps, steady=False
+        ),
+        _slowest_growth(samples, at, window_s=window_s, count=GROWTH_WINDOWS, eps=eps, steady=True),
+    )
+    if slowest <= 0 or horizon_s <= 0:
+        return latest
+    return (latest + eps) * math.exp(min(MAX_GROWTH, slowest * horizon_s)) - eps
 
 
 def sure_decline(
@@ -104,7 +137,7 @@ def sure_decline(
     fit = lines(samples[bisect.bisect_left(samples, at - trend_window_s, key=_time) :], eps)
     if fit is None or -fit[1][1] * horizon_s <= margin:
         return False
-    for window in _windows(samples, at, window_s=window_s, trend_window_s=trend_window_s):
+    for window in _windows(samples, at, window_s=window_s, count=_count(window_s, trend_window_s)):
         fit = lines(window, eps)
         # A flat window's fitted slope is rounding, either side of zero: its ends say it did not fall.
         if fit is None or fit[1][1] >= 0 or window[-1][1] >= window[0][1]:

@@ -76,6 +76,23 @@ def test_an_exponential_ramp_is_carried_to_the_horizon_by_its_growth() -> None:
     assert 2.0 * latest < _sure(samples) <= latest * 2 ** (245 / 200)
 
 
+def test_a_fast_ramp_is_carried_three_windows_after_it_starts() -> None:
+    """40 req/s, then from t = 600 doubling every 100 s: every sample climbs, so the ramp is carried once
+    three rate windows have seen it, before the five-minute trend window is full of it."""
+    ramp = lambda t: 40.0 if t < 600 else 40.0 * 2 ** ((t - 600) / 100)  # noqa: E731
+    first = next(u for u in range(600, 1200, 15) if _sure(_samples(ramp, u)) > _samples(ramp, u)[-1][1])
+    assert first <= 600 + 3 * 60 + 15
+
+
+def test_bursts_that_climb_in_every_window_and_fall_back_are_not_carried() -> None:
+    """100 req/s, then from t = 600 a burst in every minute that climbs through it and falls back:
+    each rate window grows, but a sample falls, and the trend window's oldest window is flat."""
+    bursts = lambda t: 100.0 if t < 600 else 100.0 + 4.0 * ((t - 600) % 60)  # noqa: E731
+    for until in range(600, 600 + 4 * 60, 15):
+        samples = _samples(bursts, until, window_s=20.0)
+        assert _sure(samples, window_s=60.0) == samples[-1][1], until
+
+
 @pytest.mark.parametrize("window_s", [60.0, 120.0])
 def test_a_step_through_a_rate_window_is_never_carried(window_s: float) -> None:
     # A 120 s window fits twice in the five-minute trend window: a climb straddling both is still a step.
