@@ -10,6 +10,7 @@ import pytest
 
 from controller.core import budget, forecast, policy
 from controller.runtime import codec
+from tests.controller.core import helpers
 
 SLO = 0.995
 WINDOW_S = 28 * 86400.0
@@ -94,18 +95,7 @@ def test_misses_fade_over_the_slo_window() -> None:
     assert later.planned == (), "the plans for times passed are dropped"
 
 
-SETTINGS = forecast.Settings(
-    trend_window_s=300.0,
-    level_window_s=120.0,
-    base_window_s=900.0,
-    half_life_s=1e12,
-    coverage=0.96,
-    min_errors=5.0,
-    cold_margin=0.25,
-    peak_window_s=3600.0,
-    peak_margin=3.0,  # no ceiling within this test
-    floor_rps=25.0,
-)
+SETTINGS = dataclasses.replace(helpers.SETTINGS, peak_margin=3.0)  # no ceiling within this test
 
 
 def test_an_overspent_budget_carries_the_bound_past_its_coverage_quantile_at_the_tails_slope() -> None:
